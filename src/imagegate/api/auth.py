@@ -1,0 +1,69 @@
+"""Bearer-key authentication for everything under /v1."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi import Request
+
+from imagegate.errors import AuthenticationFailed
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an account (metered) or a static key (unmetered)."""
+
+    key_prefix: str
+    account: str | None = None
+    metered: bool = False
+
+
+class KeyStore(Protocol):
+    async def authenticate(self, token: str) -> Principal: ...
+
+
+class StaticKeys:
+    """Keys from configuration: an explicit, unmetered mode."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._keys = tuple(k.encode() for k in keys)
+
+    async def authenticate(self, token: str) -> Principal:
+        candidate = token.encode()
+        # Compare against every key so timing says nothing about which prefix matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if not matched:
+            raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
+        return Principal(key_prefix=_redact(token))
+
+
+def _redact(token: str) -> str:
+    if len(token) <= 8:
+        return "*" * len(token)
+    return f"{token[:6]}...{token[-4:]}"
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+            code="missing_api_key",
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed(
+            "The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_authorization_header"
+        )
+    return token.strip()
+
+
+async def require_principal(request: Request) -> Principal:
+    keys: KeyStore = request.app.state.keys
+    principal = await keys.authenticate(bearer_token(request))
+    request.state.principal = principal
+    return principal

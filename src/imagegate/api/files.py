@@ -1,0 +1,24 @@
+"""GET /files/{name}: images behind signed, expiring URLs (no API key needed, the signature is the key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from imagegate.imaging import MEDIA_TYPES
+from imagegate.errors import PermissionDenied
+
+router = APIRouter()
+
+
+@router.get("/files/{name}")
+async def get_file(name: str, request: Request, expires: str = "", signature: str = "") -> FileResponse:
+    if not expires or not signature:
+        raise PermissionDenied("This image link is not signed: 'expires' and 'signature' are required.", code="invalid_signature")
+    path = request.app.state.storage.open_signed(name, expires, signature)
+    fmt = name.rsplit(".", 1)[-1]
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"),
+        headers={"cache-control": "private, max-age=3600"},
+    )

@@ -1,0 +1,167 @@
+"""POST /v1/images/generations and /v1/images/edits (JSON, multipart, SSE)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from imagegate.api.auth import Principal, require_principal
+from imagegate.api.render import StreamRenderer, images_response
+from imagegate.engines.base import ImageDone, PartialImage
+from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
+from imagegate.gateway import Run
+from imagegate.validate import RawRequest, decode_image_reference, validate
+
+router = APIRouter()
+
+MAX_MULTIPART_FILES = 32
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+async def _multipart(request: Request, settings) -> RawRequest:
+    try:
+        form = await request.form(
+            max_files=MAX_MULTIPART_FILES, max_fields=200, max_part_size=settings.max_image_bytes
+        )
+    except MultiPartException as exc:
+        raise InvalidRequest(f"Malformed multipart body: {exc.message}.") from None
+    fields: dict[str, Any] = {}
+    images: list[tuple[str, bytes]] = []
+    mask: bytes | None = None
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            if name in ("image", "image[]") or (name.startswith("image[") and name.endswith("]")):
+                images.append(("image" if name == "image" else "image[]", data))
+            elif name == "mask":
+                mask = data
+            else:
+                raise InvalidRequest(f"Unexpected file part '{name}'. Files go in 'image', 'image[]' or 'mask'.", param=name)
+        else:
+            if name in ("image", "image[]", "mask"):
+                raise InvalidType(f"Invalid type for '{name}': expected a file upload, but got text.", param=name)
+            fields[name] = value
+    await form.close()
+    return RawRequest("edit", fields, multipart=True, images=images, mask=mask)
+
+
+def _json_edit(body: dict[str, Any]) -> RawRequest:
+    fields = dict(body)
+    refs = fields.pop("images", None)
+    mask_ref = fields.pop("mask", None)
+    for legacy in ("image", "image[]"):
+        if legacy in fields:
+            raise InvalidRequest(
+                f"In a JSON edit body images go in 'images': [{{\"image_url\": \"data:...\"}}], not '{legacy}'.",
+                param=legacy,
+            )
+    if refs is None:
+        raise InvalidRequest("Missing required parameter: 'images'.", param="images", code="missing_required_parameter")
+    if not isinstance(refs, list):
+        raise InvalidType("Invalid type for 'images': expected an array of {image_url} objects.", param="images")
+    images = [("images", decode_image_reference(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
+    mask = decode_image_reference(mask_ref, "mask") if mask_ref is not None else None
+    return RawRequest("edit", fields, multipart=False, images=images, mask=mask)
+
+
+def _base_url(request: Request) -> str:
+    configured = request.app.state.settings.public_base_url
+    return configured or str(request.base_url)
+
+
+async def _respond(request: Request, raw: RawRequest) -> Any:
+    state = request.app.state
+    settings = state.settings
+    image_request = validate(
+        raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
+    )
+    image_request = state.gateway.preflight(image_request)
+    run = state.gateway.start(image_request)
+    if image_request.stream:
+        return StreamingResponse(
+            _sse(run, request),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    try:
+        result = await run.wait()
+    except BaseException:
+        run.abandon()
+        raise
+    body = images_response(image_request, result, storage=state.storage, base_url=_base_url(request))
+    return JSONResponse(body)
+
+
+async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:
+    renderer = StreamRenderer(run.request)
+    finished: list[bytes] = []
+    try:
+        async for event in run.events():
+            if isinstance(event, PartialImage):
+                yield renderer.partial(event.data, event.partial_index)
+            elif isinstance(event, ImageDone):
+                finished.append(event.data)
+        # Completed events carry usage, which is final only once the engine is done.
+        for chunk in renderer.completed_all(finished, run.result.usage):
+            yield chunk
+    except ImagegateError as exc:
+        yield renderer.error(exc)
+    except BaseException:
+        run.abandon()
+        raise
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request, principal: Principal = Depends(require_principal)) -> Any:
+    if _content_type(request) not in ("application/json", ""):
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type '{_content_type(request)}': /v1/images/generations takes application/json."
+        )
+    body = await _json_body(request)
+    return await _respond(request, RawRequest("generate", body))
+
+
+@router.post("/v1/images/edits")
+async def edits(request: Request, principal: Principal = Depends(require_principal)) -> Any:
+    content_type = _content_type(request)
+    if content_type == "multipart/form-data":
+        raw = await _multipart(request, request.app.state.settings)
+    elif content_type == "application/json":
+        raw = _json_edit(await _json_body(request))
+    else:
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type '{content_type or 'none'}': /v1/images/edits takes multipart/form-data "
+            "(image, image[], mask files) or application/json (images: [{image_url}])."
+        )
+    return await _respond(request, raw)
+
+
+@router.post("/v1/images/variations")
+async def variations(request: Request, principal: Principal = Depends(require_principal)) -> Any:
+    raise ImagegateError(
+        "The variations endpoint is retired (as upstream). Use POST /v1/images/edits with a GPT image model instead.",
+        status=404,
+        type="invalid_request_error",
+        code="endpoint_retired",
+    )

@@ -1,0 +1,104 @@
+"""Pipeline results as OpenAI wire shapes: ImagesResponse and the image stream events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from imagegate.catalog.tokens import Usage
+from imagegate.errors import ImagegateError
+from imagegate.gateway import RunResult
+from imagegate.storage import LocalStorage
+from imagegate.validate import ImageRequest
+
+
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"text_tokens": usage.text_tokens, "image_tokens": usage.image_tokens},
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def images_response(
+    request: ImageRequest, result: RunResult, *, storage: LocalStorage, base_url: str
+) -> dict[str, Any]:
+    job = request.job
+    data = []
+    for image in sorted(result.images, key=lambda i: i.index):
+        item: dict[str, Any] = {}
+        if request.response_format == "url":
+            assert image.stored is not None
+            item["url"] = storage.url(base_url, image.stored)
+        else:
+            item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+        if job.model.id == "dall-e-3":
+            item["revised_prompt"] = image.revised_prompt or job.prompt
+        data.append(item)
+    body: dict[str, Any] = {"created": int(time.time()), "data": data}
+    if job.model.response in ("gpt", "chat-image"):
+        body["background"] = job.background
+        body["output_format"] = job.output_format
+        body["size"] = str(job.size)
+    if job.model.response == "gpt":
+        body["quality"] = job.quality
+        body["usage"] = usage_dict(result.usage)
+    return body
+
+
+def _usage_shares(usage: Usage, n: int) -> list[Usage]:
+    """Split a job's usage across its n completed events so that they add up to the whole."""
+    base, extra = divmod(usage.output_tokens, n)
+    shares = []
+    for i in range(n):
+        shares.append(
+            Usage(
+                text_tokens=usage.text_tokens if i == 0 else 0,
+                image_tokens=usage.image_tokens if i == 0 else 0,
+                output_tokens=base + (1 if i < extra else 0),
+            )
+        )
+    return shares
+
+
+class StreamRenderer:
+    """Builds ``image_generation.*`` / ``image_edit.*`` SSE frames for one request."""
+
+    def __init__(self, request: ImageRequest) -> None:
+        self.request = request
+        self.prefix = "image_edit" if request.job.operation == "edit" else "image_generation"
+        self.partial_count = 0
+
+    def _common(self, data: bytes) -> dict[str, Any]:
+        job = self.request.job
+        return {
+            "b64_json": base64.b64encode(data).decode("ascii"),
+            "created_at": int(time.time()),
+            "size": str(job.size),
+            "quality": job.quality,
+            "background": job.background,
+            "output_format": job.output_format,
+        }
+
+    def partial(self, data: bytes, partial_index: int) -> bytes:
+        body = {"type": f"{self.prefix}.partial_image", **self._common(data), "partial_image_index": partial_index}
+        return frame(body["type"], body)
+
+    def completed(self, data: bytes, usage: Usage) -> bytes:
+        body = {"type": f"{self.prefix}.completed", **self._common(data), "usage": usage_dict(usage)}
+        return frame(body["type"], body)
+
+    def completed_all(self, images: list[bytes], usage: Usage) -> list[bytes]:
+        shares = _usage_shares(usage, max(len(images), 1))
+        return [self.completed(data, share) for data, share in zip(images, shares)]
+
+    @staticmethod
+    def error(exc: ImagegateError) -> bytes:
+        return frame("error", {"type": "error", "error": exc.to_dict()})
+
+
+def frame(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

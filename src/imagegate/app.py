@@ -1,0 +1,125 @@
+"""create_app(settings): builds the concrete parts once and wires them into the ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from imagegate.api import errors as api_errors
+from imagegate.api import files, images, models
+from imagegate.api.auth import KeyStore, StaticKeys
+from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from imagegate.catalog import Catalog, load_catalog
+from imagegate.config import Settings
+from imagegate.engines.sandbox import SandboxEngine
+from imagegate.gateway import Gateway
+from imagegate.storage import LocalStorage, UrlSigner
+from imagegate.storage.local import load_or_create_secret
+
+log = logging.getLogger("imagegate")
+
+KEY_FILE = "api_key.txt"
+
+
+def ensure_api_keys(settings: Settings) -> tuple[tuple[str, ...], str | None]:
+    """The configured keys, or the data dir's generated key (created on first start). Returns the keys and the
+    key that was created now, if any, so the caller can print it once."""
+    if settings.api_keys:
+        return settings.api_keys, None
+    path = settings.data_dir / KEY_FILE
+    if path.exists():
+        return (path.read_text().strip(),), None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = "sk-ig-" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return (key,), key
+
+
+def _load_guard(settings: Settings):
+    if settings.guard_policy == "off":
+        return None
+    try:
+        from imagegate.guard import PromptGuard
+    except ImportError:  # pragma: no cover - the guard ships with the package
+        return None
+    return PromptGuard.load(extra_paths=[Path(p) for p in settings.guard_rule_files])
+
+
+def create_app(
+    settings: Settings, *, catalog: Catalog | None = None, keys: KeyStore | None = None
+) -> FastAPI:
+    catalog = catalog or load_catalog()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if keys is None:
+        keys = StaticKeys(ensure_api_keys(settings)[0])
+    signer = UrlSigner(load_or_create_secret(settings.data_dir / "url_secret.key"))
+    storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
+    engines = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms)}
+    gateway = Gateway(
+        engines=engines, storage=storage, guard=_load_guard(settings), guard_policy=settings.guard_policy
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        janitor = asyncio.create_task(_janitor(storage, settings.janitor_interval_seconds))
+        try:
+            yield
+        finally:
+            janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="imagegate",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.catalog = catalog
+    app.state.keys = keys
+    app.state.storage = storage
+    app.state.gateway = gateway
+    api_errors.install(app)
+    app.include_router(images.router)
+    app.include_router(models.router)
+    app.include_router(files.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _janitor(storage: LocalStorage, interval: float) -> None:
+    while True:
+        try:
+            removed = await asyncio.to_thread(storage.sweep)
+            if removed:
+                log.info("janitor removed %d expired image(s)", removed)
+        except Exception:  # the janitor must outlive a bad sweep
+            log.exception("janitor sweep failed")
+        await asyncio.sleep(interval)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagegate")
+    except PackageNotFoundError:  # pragma: no cover
+        return "0+unknown"

@@ -1,0 +1,93 @@
+"""The one entry point: ``imagegate serve | generate | edit``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from imagegate.config import ConfigError, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imagegate.app import create_app, ensure_api_keys
+
+    try:
+        settings = load_settings(
+            args.config,
+            overrides={"host": args.host, "port": args.port, "data_dir": args.data_dir},
+        )
+    except ConfigError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys, created = ensure_api_keys(settings)
+    app = create_app(settings)
+    if created:
+        print(f"Created an API key (kept in {settings.data_dir / 'api_key.txt'}):\n{created}", flush=True)
+    elif not settings.api_keys:
+        print(f"API key: see {settings.data_dir / 'api_key.txt'}", flush=True)
+    print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir})", flush=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt")
+    parser.add_argument("--model", default="gpt-image-1.5")
+    parser.add_argument("--size", default=None)
+    parser.add_argument("--quality", default=None)
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--format", dest="output_format", default=None, help="png, jpeg or webp")
+    parser.add_argument("--background", default=None, help="transparent, opaque or auto")
+    parser.add_argument("--out", type=Path, default=Path("."), help="directory to save into")
+    parser.add_argument("--base-url", default=None, help="default: $OPENAI_BASE_URL, else the local server")
+    parser.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY, else the local data dir's key")
+    parser.add_argument("--data-dir", type=Path, default=Path("imagegate-data"), help=argparse.SUPPRESS)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from imagegate import client
+
+    return client.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegate", description="OpenAI-compatible image-generation gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--data-dir", type=Path, default=None)
+    serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    serve.set_defaults(func=_serve)
+
+    generate = sub.add_parser("generate", help="generate images through any OpenAI-compatible endpoint")
+    _client_args(generate)
+    generate.set_defaults(func=_client, operation="generate")
+
+    edit = sub.add_parser("edit", help="edit images through any OpenAI-compatible endpoint")
+    _client_args(edit)
+    edit.add_argument("images", nargs="+", type=Path)
+    edit.add_argument("--mask", type=Path, default=None)
+    edit.set_defaults(func=_client, operation="edit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

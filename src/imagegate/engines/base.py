@@ -1,0 +1,82 @@
+"""The engine interface: one job in, a stream of events out.
+
+Engines know nothing about HTTP, keys or money. They turn a validated :class:`Job` into events; the gateway
+renders those events as a JSON response, an SSE stream or chat chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal, Protocol
+
+from PIL import Image
+
+from imagegate.catalog import Model, Size
+from imagegate.catalog.tokens import Usage
+
+
+@dataclass(frozen=True)
+class Job:
+    request_id: str
+    operation: Literal["generate", "edit"]
+    model: Model
+    prompt: str
+    n: int
+    size: Size
+    quality: str  # resolved: never "auto"
+    background: Literal["transparent", "opaque"]
+    output_format: str
+    output_compression: int
+    images: tuple[Image.Image, ...] = ()
+    mask: Image.Image | None = None
+    partial_images: int = 0
+    input_fidelity: str = "low"
+    style: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # model-specific extras, e.g. complexity
+
+    @property
+    def transparent(self) -> bool:
+        return self.background == "transparent"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the engine is, 0-100, over all n images."""
+
+    percent: int
+    stage: Literal["queued", "generating", "finishing"] = "generating"
+    queue_position: int | None = None
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    image_index: int
+    partial_index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ImageDone:
+    image_index: int
+    data: bytes
+    format: str
+    size: Size
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class JobDone:
+    usage: Usage
+
+
+Event = Progress | PartialImage | ImageDone | JobDone
+
+
+class Engine(Protocol):
+    name: str
+
+    def run(self, job: Job) -> AsyncIterator[Event]:
+        """Yield progress, partial images and one ImageDone per image, then exactly one JobDone."""
+        ...
+
+    async def aclose(self) -> None: ...

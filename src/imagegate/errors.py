@@ -1,0 +1,165 @@
+"""The whole error tree.
+
+Every failure a client can see is one of these. Each class knows its HTTP status and the OpenAI ``type`` and
+``code`` it renders as, so the API layer translates exceptions to the ``{"error": {...}}`` envelope in one place
+and nothing else in the code base needs to know about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ImagegateError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(ImagegateError):
+    """Bad input: the message must say what is allowed."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class UnknownParameter(InvalidRequest):
+    code = "unknown_parameter"
+
+    def __init__(self, param: str, model: str | None = None) -> None:
+        suffix = f" Model '{model}' does not accept it." if model else ""
+        super().__init__(f"Unknown parameter: '{param}'.{suffix}", param=param)
+
+
+class MissingParameter(InvalidRequest):
+    code = "missing_required_parameter"
+
+    def __init__(self, param: str) -> None:
+        super().__init__(f"Missing required parameter: '{param}'.", param=param)
+
+
+class InvalidType(InvalidRequest):
+    code = "invalid_type"
+
+
+class InvalidImage(InvalidRequest):
+    code = "invalid_image"
+
+
+class ModelNotFound(ImagegateError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ModerationBlocked(ImagegateError):
+    status = 400
+    type = "image_generation_user_error"
+    code = "moderation_blocked"
+
+
+class AuthenticationFailed(ImagegateError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ImagegateError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFound(ImagegateError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(ImagegateError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class Conflict(ImagegateError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(ImagegateError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(ImagegateError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class InsufficientQuota(ImagegateError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(ImagegateError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class EngineError(ImagegateError):
+    """An engine failed before producing the images; nothing was delivered."""
+
+    status = 502
+    type = "server_error"
+    code = "engine_error"
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    code = "engine_timeout"
+
+
+class ServerError(ImagegateError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"

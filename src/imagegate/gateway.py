@@ -1,0 +1,193 @@
+"""The request pipeline: validated request -> guard -> queue -> engine -> stored results, as events.
+
+Every endpoint renders the same event stream differently (a JSON body, SSE, chat chunks). The engine runs in a
+task of its own, detached from the HTTP request: a client that disconnects does not cancel work that is already
+paid for; the images are still produced and stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator, Mapping
+
+from imagegate.catalog.tokens import Usage
+from imagegate.engines.base import Engine, Event, ImageDone, JobDone, PartialImage, Progress
+from imagegate.errors import EngineError, ImagegateError, ModerationBlocked, ServerError
+from imagegate.queueing import FifoLimiter
+from imagegate.storage import LocalStorage, StoredImage
+from imagegate.validate import ImageRequest
+
+if TYPE_CHECKING:
+    from imagegate.guard import PromptGuard
+
+log = logging.getLogger("imagegate.gateway")
+
+
+@dataclass
+class DeliveredImage:
+    index: int
+    data: bytes
+    format: str
+    stored: StoredImage | None = None
+    revised_prompt: str | None = None
+
+
+@dataclass
+class RunResult:
+    images: list[DeliveredImage] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    prompt_used: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Emitted after ImageDone once the image is on disk (url responses, abandoned runs)."""
+
+    image_index: int
+    stored: StoredImage
+
+
+_END = object()
+
+
+class Run:
+    """One request in flight. Consumers iterate :meth:`events`; the work goes on if they leave."""
+
+    def __init__(self, request: ImageRequest) -> None:
+        self.request = request
+        self.result = RunResult(prompt_used=request.job.prompt, started=time.monotonic())
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.abandoned = False
+        self.task: asyncio.Task | None = None
+
+    def _emit(self, item: object) -> None:
+        self._queue.put_nowait(item)
+
+    async def events(self) -> AsyncIterator[Event | Stored]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+
+    async def wait(self) -> RunResult:
+        async for _ in self.events():
+            pass
+        return self.result
+
+    def abandon(self) -> None:
+        """The client went away: finish anyway and keep the images."""
+        self.abandoned = True
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        engines: Mapping[str, Engine],
+        storage: LocalStorage,
+        guard: "PromptGuard | None" = None,
+        guard_policy: str = "block",
+        engine_concurrency: int = 4,
+    ) -> None:
+        self.engines = dict(engines)
+        self.storage = storage
+        self.guard = guard
+        self.guard_policy = guard_policy
+        self.limiters = {name: FifoLimiter(engine_concurrency) for name in self.engines}
+        self._tasks: set[asyncio.Task] = set()
+
+    def preflight(self, request: ImageRequest) -> ImageRequest:
+        """Checks that must refuse before anything is spent: the prompt guard."""
+        if self.guard is None or self.guard_policy == "off":
+            return request
+        verdict = self.guard.check(
+            request.job.prompt, moderation=request.moderation, policy=self.guard_policy  # type: ignore[arg-type]
+        )
+        if verdict.action == "block":
+            raise ModerationBlocked(
+                verdict.message or "Your request was rejected as a result of our safety system.",
+                extra={"moderation_details": {"moderation_stage": "input", "categories": list(verdict.categories)}},
+            )
+        if verdict.action == "rewrite":
+            from dataclasses import replace
+
+            return ImageRequest(
+                job=replace(request.job, prompt=verdict.prompt),
+                response_format=request.response_format,
+                stream=request.stream,
+                moderation=request.moderation,
+                user=request.user,
+            )
+        return request
+
+    def start(self, request: ImageRequest, *, store: bool | None = None) -> Run:
+        """Start the engine work in a detached task and return the run to read events from."""
+        engine = self.engines.get(request.job.model.engine)
+        if engine is None:
+            raise ServerError(f"No engine '{request.job.model.engine}' is configured for model '{request.job.model.id}'.")
+        run = Run(request)
+        store_images = request.response_format == "url" if store is None else store
+        task = asyncio.create_task(self._drive(run, engine, store_images), name=f"run-{request.job.request_id}")
+        run.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return run
+
+    async def _drive(self, run: Run, engine: Engine, store_images: bool) -> None:
+        job = run.request.job
+        limiter = self.limiters[engine.name]
+        try:
+            async for position in limiter.acquire():
+                run._emit(Progress(0, "queued", queue_position=position))
+            try:
+                async for event in engine.run(job):
+                    if isinstance(event, ImageDone):
+                        delivered = DeliveredImage(event.image_index, event.data, event.format, None, event.revised_prompt)
+                        run.result.images.append(delivered)
+                        run._emit(event)
+                        if store_images or run.abandoned:
+                            delivered.stored = await self.storage.put(event.data, event.format)
+                            run._emit(Stored(event.image_index, delivered.stored))
+                    elif isinstance(event, JobDone):
+                        run.result.usage = event.usage
+                    elif isinstance(event, (Progress, PartialImage)):
+                        run._emit(event)
+            finally:
+                limiter.release()
+            if run.abandoned:
+                # Images produced before the client left were not stored yet.
+                for delivered in run.result.images:
+                    if delivered.stored is None:
+                        delivered.stored = await self.storage.put(delivered.data, delivered.format)
+                log.info(
+                    "request %s finished after the client left; %d image(s) stored",
+                    job.request_id, len(run.result.images),
+                )
+            if not run.result.images:
+                raise EngineError(f"The engine for '{job.model.id}' produced no image.")
+        except ImagegateError as exc:
+            run._emit(exc)
+        except asyncio.CancelledError:
+            run._emit(EngineError("The request was cancelled while the server shut down."))
+            raise
+        except Exception as exc:  # an engine bug must still end the run with an error the client can read
+            log.exception("engine %s failed on request %s", engine.name, job.request_id)
+            run._emit(EngineError(f"The engine failed: {type(exc).__name__}."))
+        finally:
+            run.result.finished = time.monotonic()
+            run._emit(_END)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for engine in self.engines.values():
+            await engine.aclose()

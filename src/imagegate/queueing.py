@@ -1,0 +1,72 @@
+"""A first-in, first-out concurrency limit that can say where a waiter stands.
+
+Each engine gets one, so "queued, position 3" in a chat stream is the truth: the number of jobs ahead of this
+one that have not started yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import AsyncIterator
+
+
+class _Waiter:
+    __slots__ = ("granted", "changed")
+
+    def __init__(self) -> None:
+        self.granted = False
+        self.changed = asyncio.Event()
+
+
+class FifoLimiter:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.active = 0
+        self._queue: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def acquire(self) -> AsyncIterator[int]:
+        """Yield this caller's queue position (1 = next) each time it changes; return once a slot is held.
+
+        The caller must call :meth:`release` exactly once after the iteration finishes normally.
+        """
+        if self.active < self.limit and not self._queue:
+            self.active += 1
+            return
+        waiter = _Waiter()
+        self._queue.append(waiter)
+        try:
+            last = -1
+            while not waiter.granted:
+                position = self._queue.index(waiter) + 1
+                if position != last:
+                    last = position
+                    yield position
+                waiter.changed.clear()
+                await waiter.changed.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release()
+            else:
+                self._queue.remove(waiter)
+                self._notify()
+            raise
+
+    def release(self) -> None:
+        self.active -= 1
+        if self._queue and self.active < self.limit:
+            waiter = self._queue.popleft()
+            waiter.granted = True
+            self.active += 1
+            waiter.changed.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        for waiter in self._queue:
+            waiter.changed.set()

@@ -1,0 +1,114 @@
+"""Images on local disk, served through HMAC-signed URLs that expire.
+
+A URL is ``/files/<name>?expires=<unix>&signature=<hmac>``. The signature covers the name and the expiry, so a
+link can be handed to a browser or a chat client without a key and cannot be extended or pointed elsewhere. The
+file itself is removed by the janitor once its own expiry has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagegate.errors import NotFound, PermissionDenied
+
+_NAME_RE = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    name: str
+    expires_at: int
+
+
+class UrlSigner:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def signature(self, name: str, expires_at: int) -> str:
+        mac = hmac.new(self._secret, f"{name}\n{expires_at}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:43]
+
+    def verify(self, name: str, expires_at: int, signature: str, *, now: float | None = None) -> None:
+        if not hmac.compare_digest(self.signature(name, expires_at), signature):
+            raise PermissionDenied("This image link is invalid: its signature does not match.", code="invalid_signature")
+        if (time.time() if now is None else now) > expires_at:
+            raise PermissionDenied(
+                "This image link has expired. Generate the image again, or download images before their link expires.",
+                code="url_expired",
+            )
+
+
+class LocalStorage:
+    def __init__(self, root: Path, signer: UrlSigner, ttl_seconds: int) -> None:
+        self.root = root
+        self.signer = signer
+        self.ttl_seconds = ttl_seconds
+        root.mkdir(parents=True, exist_ok=True)
+
+    async def put(self, data: bytes, fmt: str) -> StoredImage:
+        name = f"{secrets.token_hex(16)}.{fmt}"
+        expires_at = int(time.time()) + self.ttl_seconds
+        await asyncio.to_thread(self._write, name, data, expires_at)
+        return StoredImage(name, expires_at)
+
+    def _write(self, name: str, data: bytes, expires_at: int) -> None:
+        final = self.root / name
+        tmp = final.with_suffix(".part")
+        tmp.write_bytes(data)
+        # The file's mtime carries its expiry, so the janitor needs no index and survives restarts.
+        os.utime(tmp, (expires_at, expires_at))
+        tmp.replace(final)
+
+    def url(self, base_url: str, stored: StoredImage) -> str:
+        sig = self.signer.signature(stored.name, stored.expires_at)
+        return f"{base_url.rstrip('/')}/files/{stored.name}?expires={stored.expires_at}&signature={sig}"
+
+    def open_signed(self, name: str, expires: str, signature: str) -> Path:
+        if not _NAME_RE.match(name):
+            raise NotFound(f"No image named '{name}'.")
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            raise PermissionDenied("This image link is invalid: 'expires' must be a unix time.", code="invalid_signature") from None
+        self.signer.verify(name, expires_at, signature)
+        path = self.root / name
+        if not path.is_file():
+            raise NotFound(f"Image '{name}' no longer exists.")
+        return path
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove images whose expiry has passed (and stale partial writes); returns how many went."""
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.root):
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue
+            stale_part = entry.name.endswith(".part") and stat.st_ctime < now - 3600
+            if stat.st_mtime < now or stale_part:
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret.hex())
+    return secret

@@ -1,0 +1,71 @@
+"""Real servers on loopback ports for the tests: uvicorn in a thread of its own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from imagegate.app import create_app
+from imagegate.config import Settings
+
+TEST_KEY = "sk-test-imagegate-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    app: object
+    server: uvicorn.Server
+    thread: threading.Thread
+    port: int
+    settings: Settings
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root}/v1"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_server(data_dir: Path, **overrides) -> LiveServer:
+    port = free_port()
+    values = {
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": data_dir,
+        "api_keys": (TEST_KEY,),
+        "sandbox_latency_ms": 0,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return LiveServer(app, server, thread, port, settings)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("test server did not start")
