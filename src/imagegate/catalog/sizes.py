@@ -92,6 +92,10 @@ _RATIO_WORDS: dict[str, float] = {
     "方图": 1.0,
     "正方形": 1.0,
 }
+_COMMON_RATIOS = {
+    (1, 1), (2, 3), (3, 2), (3, 4), (4, 3), (4, 5), (5, 4), (9, 16), (16, 9), (1, 2), (2, 1), (1, 3), (3, 1),
+    (5, 7), (7, 5), (9, 21), (21, 9), (10, 16), (16, 10), (5, 8), (8, 5), (4, 7), (7, 4), (9, 19), (19, 9),
+}
 _RATIO_RE = re.compile(r"(?<![\d.])(\d{1,2})\s*[:：]\s*(\d{1,2})(?![\d.])")
 _WORD_RE = re.compile(
     "|".join(
@@ -106,7 +110,8 @@ def ratio_from_prompt(prompt: str) -> float | None:
     """The aspect ratio a prompt asks for: an explicit "2:3" wins over words like "portrait"."""
     for match in _RATIO_RE.finditer(prompt):
         a, b = int(match.group(1)), int(match.group(2))
-        if a > 0 and b > 0 and max(a, b) / min(a, b) <= 4:
+        # Only ratios people ask images in: "10:30" in a prompt is a time of day, not a shape.
+        if (a, b) in _COMMON_RATIOS:
             return a / b
     word = _WORD_RE.search(prompt)
     if word:

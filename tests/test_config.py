@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+
+from imagegate.config import ConfigError, load_settings
+
+
+def test_precedence_defaults_file_env_flags(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('port = 9001\nhost = "0.0.0.0"\nurl_ttl_seconds = 60\napi_keys = ["a", "b"]\n')
+    settings = load_settings(config, environ={}, overrides={})
+    assert (settings.port, settings.host, settings.url_ttl_seconds, settings.api_keys) == (9001, "0.0.0.0", 60, ("a", "b"))
+    settings = load_settings(config, environ={"IMAGEGATE_PORT": "9002", "IMAGEGATE_API_KEYS": "x, y"}, overrides={})
+    assert settings.port == 9002 and settings.api_keys == ("x", "y") and settings.host == "0.0.0.0"
+    settings = load_settings(config, environ={"IMAGEGATE_PORT": "9002"}, overrides={"port": 9003, "host": None})
+    assert settings.port == 9003 and settings.host == "0.0.0.0"
+
+
+def test_defaults_need_nothing():
+    settings = load_settings(None, environ={})
+    assert settings.port == 8000 and settings.data_dir == Path("imagegate-data")
+    assert settings.url_ttl_seconds == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [('port = 99999\n', "port"), ('nonsense = 1\n', "nonsense"), ('port = [\n', "c.toml")],
+)
+def test_bad_config_names_the_entry(tmp_path, text, where):
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=where):
+        load_settings(config, environ={})
