@@ -13,7 +13,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 
 from imagegate.api import errors as api_errors
-from imagegate.api import files, images, models
+from imagegate.api import chat, files, images, models
 from imagegate.api.auth import KeyStore, StaticKeys
 from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from imagegate.catalog import Catalog, load_catalog
@@ -65,7 +65,11 @@ def create_app(
     storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
     engines = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms)}
     gateway = Gateway(
-        engines=engines, storage=storage, guard=_load_guard(settings), guard_policy=settings.guard_policy
+        engines=engines,
+        storage=storage,
+        guard=_load_guard(settings),
+        guard_policy=settings.guard_policy,
+        engine_concurrency=settings.engine_concurrency,
     )
 
     @contextlib.asynccontextmanager
@@ -94,6 +98,7 @@ def create_app(
     api_errors.install(app)
     app.include_router(images.router)
     app.include_router(models.router)
+    app.include_router(chat.router)
     app.include_router(files.router)
 
     @app.get("/healthz")

@@ -40,6 +40,11 @@ class Settings(BaseModel):
     max_input_pixels: int = Field(40_000_000, ge=4096)
     # The sandbox engine's simulated generation time, so progress and timeouts can be exercised.
     sandbox_latency_ms: int = Field(20, ge=0)
+    # Jobs one engine runs at once; the rest wait in a FIFO queue whose positions chat streams show.
+    engine_concurrency: int = Field(4, ge=1)
+    # Reference images in chat messages may be http(s) URLs; they are fetched with these limits.
+    image_fetch_timeout_seconds: float = Field(20.0, gt=0)
+    allow_private_image_urls: bool = False
     # Prompt guard: block | rewrite | off.
     guard_policy: Literal["block", "rewrite", "off"] = "block"
     guard_rule_files: tuple[Path, ...] = ()

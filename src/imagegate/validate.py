@@ -200,10 +200,18 @@ def validate(
 
     n = f.integer("n", 1, 1, model.n_max)
 
+    images: tuple = ()
+    mask = None
+    fidelity = "high" if model.token_table.startswith("gpt-image-2") else "low"
+    if raw.operation == "edit":
+        if model.input_fidelity:
+            fidelity = f.choice("input_fidelity", model.input_fidelity, "low")
+        images, mask = _edit_inputs(raw, model, max_input_pixels=max_input_pixels, max_image_bytes=max_image_bytes)
+
     size_text = f.string("size", "auto")
     assert size_text is not None
     if size_text == "auto":
-        size = model.auto_size(prompt)
+        size = model.auto_size(prompt, images[0].width / images[0].height if images else None)
     else:
         size = parse_size(size_text)
         if size is None:
@@ -248,14 +256,6 @@ def validate(
             raise InvalidRequest(
                 f"Invalid '{name}': string too long. Expected at most {MAX_IDENTIFIER_CHARS} characters.", param=name
             )
-
-    images: tuple = ()
-    mask = None
-    fidelity = "high" if model.token_table.startswith("gpt-image-2") else "low"
-    if raw.operation == "edit":
-        if model.input_fidelity:
-            fidelity = f.choice("input_fidelity", model.input_fidelity, "low")
-        images, mask = _edit_inputs(raw, model, max_input_pixels=max_input_pixels, max_image_bytes=max_image_bytes)
 
     job = Job(
         request_id=uuid.uuid4().hex,

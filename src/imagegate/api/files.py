@@ -12,7 +12,9 @@ router = APIRouter()
 
 
 @router.get("/files/{name}")
-async def get_file(name: str, request: Request, expires: str = "", signature: str = "") -> FileResponse:
+async def get_file(
+    name: str, request: Request, expires: str = "", signature: str = "", download: str = ""
+) -> FileResponse:
     if not expires or not signature:
         raise PermissionDenied("This image link is not signed: 'expires' and 'signature' are required.", code="invalid_signature")
     path = request.app.state.storage.open_signed(name, expires, signature)
@@ -21,4 +23,7 @@ async def get_file(name: str, request: Request, expires: str = "", signature: st
         path,
         media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"),
         headers={"cache-control": "private, max-age=3600"},
+        # ?download=1 is the chat's "Click to download" link: same signature, saved instead of shown.
+        filename=name if download else None,
+        content_disposition_type="attachment",
     )

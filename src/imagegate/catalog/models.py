@@ -62,9 +62,10 @@ class Model:
         assert self.size_rule is not None
         return self.size_rule.violation(size)
 
-    def auto_size(self, prompt: str) -> Size:
-        """``size=auto``: the prompt's stated aspect ratio, else the default size."""
-        ratio = ratio_from_prompt(prompt)
+    def auto_size(self, prompt: str, input_ratio: float | None = None) -> Size:
+        """``size=auto``: the prompt's stated aspect ratio, else the first input image's (edits), else the
+        default size."""
+        ratio = ratio_from_prompt(prompt) or input_ratio
         if ratio is None:
             return self.default_size
         if self.sizes is None:

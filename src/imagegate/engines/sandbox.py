@@ -43,29 +43,36 @@ class SandboxEngine:
     def __init__(self, latency_ms: int = 20) -> None:
         self.latency_s = latency_ms / 1000
 
+    # Progress ticks per image while the simulated latency passes: enough for a visible progress bar.
+    TICKS = 8
+
     async def run(self, job: Job) -> AsyncIterator[Event]:
-        steps = max(job.partial_images, 1) + 1
-        pause = self.latency_s / (job.n * steps) if self.latency_s else 0
+        total_ticks = job.n * self.TICKS
+        pause = self.latency_s / total_ticks if self.latency_s else 0
+        # Partial images land on evenly spaced ticks before the last one.
+        partial_at = {
+            round((p + 1) * (self.TICKS - 1) / (job.partial_images + 1)): p for p in range(job.partial_images)
+        }
         yield Progress(0, "generating")
         for index in range(job.n):
             final = await asyncio.to_thread(self._render, job, index)
-            for partial in range(job.partial_images):
+            for tick in range(1, self.TICKS):
+                if pause:
+                    await asyncio.sleep(pause)
+                if tick in partial_at:
+                    data = await asyncio.to_thread(self._partial, job, final, partial_at[tick])
+                    yield PartialImage(image_index=index, partial_index=partial_at[tick], data=data)
+                yield Progress(int(100 * (index * self.TICKS + tick) / total_ticks))
+            if pause:
                 await asyncio.sleep(pause)
-                data = await asyncio.to_thread(self._partial, job, final, partial)
-                yield PartialImage(image_index=index, partial_index=partial, data=data)
-                yield Progress(self._percent(job, index, partial + 1, steps))
-            await asyncio.sleep(pause)
             data = await asyncio.to_thread(
                 imaging.encode, final, job.output_format, compression=job.output_compression,
                 transparent=job.transparent,
             )
-            yield Progress(self._percent(job, index, steps, steps), "finishing" if index == job.n - 1 else "generating")
+            last = index == job.n - 1
+            yield Progress(int(100 * (index + 1) / job.n), "finishing" if last else "generating")
             yield ImageDone(index, data, job.output_format, job.size)
         yield JobDone(job_usage(job))
-
-    @staticmethod
-    def _percent(job: Job, index: int, step: int, steps: int) -> int:
-        return min(100, int(100 * (index * steps + step) / (job.n * steps)))
 
     @staticmethod
     def _render(job: Job, index: int):

@@ -1,0 +1,62 @@
+"""Fetching reference images from URLs that clients put in chat messages, safely.
+
+The URL is the client's, the request is ours: without care it is a server-side request forgery. Only http(s),
+only public addresses (unless the operator allows private ones), a time limit and a size limit enforced while
+streaming, not after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+import httpx
+
+from imagegate.errors import InvalidRequest
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return ip.is_global and not ip.is_multicast
+
+
+async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool) -> bytes:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"Invalid image URL in '{param}': only http(s) URLs and data URLs are accepted.", param=param)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = await _resolve(parts.hostname, port)
+    except OSError:
+        raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
+    if not allow_private and not all(_is_public(a) for a in addresses):
+        raise InvalidRequest(
+            f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
+            param=param,
+        )
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise InvalidRequest(
+                        f"Fetching the image URL in '{param}' failed with HTTP {response.status_code}.", param=param
+                    )
+                chunks, total = [], 0
+                async for chunk in response.aiter_bytes():
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise InvalidRequest(
+                            f"The image at the URL in '{param}' is larger than {max_bytes:,} bytes.", param=param
+                        )
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise InvalidRequest(f"Fetching the image URL in '{param}' failed: {type(exc).__name__}.", param=param) from None
