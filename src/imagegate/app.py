@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 from typing import AsyncIterator
 
+import httpx
 from fastapi import FastAPI
 
 from imagegate.api import errors as api_errors
@@ -17,9 +18,10 @@ from imagegate.api import chat, files, images, models
 from imagegate.api.auth import KeyStore, StaticKeys
 from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from imagegate.catalog import Catalog, load_catalog
-from imagegate.config import Settings
+from imagegate.config import ConfigError, Settings
 from imagegate.engines.sandbox import SandboxEngine
 from imagegate.gateway import Gateway
+from imagegate.routing import build_router, route_catalog
 from imagegate.storage import LocalStorage, UrlSigner
 from imagegate.storage.local import load_or_create_secret
 
@@ -63,7 +65,20 @@ def create_app(
         keys = StaticKeys(ensure_api_keys(settings)[0])
     signer = UrlSigner(load_or_create_secret(settings.data_dir / "url_secret.key"))
     storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
-    engines = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms)}
+    engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms)}
+    upstream_client = None
+    if settings.channels:
+        unknown = sorted({m for c in settings.channels for m in c.models if catalog.get(m) is None})
+        if unknown:
+            raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
+        upstream_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=True,
+        )
+        router = build_router(settings.channels, upstream_client)
+        engines["relay"] = router
+        catalog = route_catalog(catalog, router)
     gateway = Gateway(
         engines=engines,
         storage=storage,
@@ -82,6 +97,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await janitor
             await gateway.aclose()
+            if upstream_client is not None:
+                await upstream_client.aclose()
 
     app = FastAPI(
         title="imagegate",

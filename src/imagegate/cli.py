@@ -25,7 +25,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keys, created = ensure_api_keys(settings)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return 2
     if created:
         print(f"Created an API key (kept in {settings.data_dir / 'api_key.txt'}):\n{created}", flush=True)
     elif not settings.api_keys:

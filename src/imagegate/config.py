@@ -20,6 +20,37 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the bad entry."""
 
 
+class ChannelConfig(BaseModel):
+    """One upstream: an OpenAI-compatible images API, or a chat-only image upstream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    type: Literal["openai", "chat-image"] = "openai"
+    base_url: str = Field(min_length=1)
+    api_key: str = ""  # a literal, or env:NAME (resolved when settings are loaded)
+    models: tuple[str, ...] = Field(min_length=1)  # public model ids this channel serves
+    model_map: dict[str, str] = Field(default_factory=dict)  # public id -> the upstream's id
+    priority: int = 0  # higher tiers are tried first
+    weight: int = Field(1, ge=1)  # weighted random choice within a tier
+    timeout_s: float = Field(300.0, gt=0)  # images take minutes; this is the whole-answer limit
+    connect_timeout_s: float = Field(10.0, gt=0)
+    concurrency: int = Field(8, ge=1)  # requests in flight to this upstream at once
+    max_retries: int = Field(2, ge=0)  # retries on this channel, only for errors that prove nothing ran
+    retry_after_send: bool = False  # the upstream is idempotent: a timeout after sending may be retried
+    failure_policy: Literal["refund", "charge"] = "refund"  # "charge": the upstream bills failed calls
+    drop_params: tuple[str, ...] | None = None  # None: the defaults for the channel type
+    rename_params: dict[str, str] = Field(default_factory=dict)
+    send_response_format: bool | None = None  # None: only for non-GPT models
+    operations: tuple[Literal["generate", "edit"], ...] = ("generate", "edit")
+    max_n: int | None = Field(None, ge=1)
+    transparency: bool = True
+    sizes: tuple[str, ...] | None = None  # sizes the upstream accepts; None: whatever the model allows
+    circuit_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
+    circuit_cooldown_s: float = Field(30.0, gt=0)
+    max_download_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # url-only answers are fetched up to this
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +80,7 @@ class Settings(BaseModel):
     guard_policy: Literal["block", "rewrite", "off"] = "block"
     guard_rule_files: tuple[Path, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    channels: tuple[ChannelConfig, ...] = ()
 
     @field_validator("api_keys", "guard_rule_files", mode="before")
     @classmethod
@@ -71,6 +103,37 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+# With OPENAI_API_KEY set and no channel configured, the GPT image models go to OpenAI itself.
+OPENAI_DEFAULT_MODELS = (
+    "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "chatgpt-image-latest", "gpt-image-2",
+    "gpt-image-2-2026-04-21", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare", "gpt-image-2.6-sunburst",
+    "gpt-image-2.6-flare",
+)
+
+
+def _resolve_channels(channels: list[Any], environ: Mapping[str, str]) -> list[Any]:
+    if not channels and environ.get("OPENAI_API_KEY"):
+        channels = [
+            {
+                "name": "openai",
+                "type": "openai",
+                # Not OPENAI_BASE_URL: clients set that to point at imagegate itself, which would loop.
+                "base_url": "https://api.openai.com/v1",
+                "api_key": "env:OPENAI_API_KEY",
+                "models": list(OPENAI_DEFAULT_MODELS),
+            }
+        ]
+    resolved = []
+    for index, channel in enumerate(channels):
+        if isinstance(channel, dict) and str(channel.get("api_key", "")).startswith("env:"):
+            name = channel["api_key"][4:]
+            if name not in environ:
+                raise ConfigError(f"bad setting 'channels.{index}.api_key': environment variable {name} is not set")
+            channel = {**channel, "api_key": environ[name]}
+        resolved.append(channel)
+    return resolved
+
+
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -88,6 +151,7 @@ def load_settings(
             raise ConfigError(f"{config_file}: {exc}") from None
     values.update(_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["channels"] = _resolve_channels(values.get("channels") or [], environ)
     try:
         return Settings(**values)
     except ValidationError as exc:

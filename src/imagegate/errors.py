@@ -163,3 +163,29 @@ class ServerError(ImagegateError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class UpstreamError(EngineError):
+    """An upstream answered with an error or not at all.
+
+    ``nothing_generated`` is True only when the failure proves the upstream did no work (connection refused,
+    429, 502/503 before any body): only then may the request be retried or sent to another channel.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        type: str = "server_error",
+        code: str | None = "upstream_error",
+        param: str | None = None,
+        nothing_generated: bool = False,
+        retry_after: float | None = None,
+        failure_policy: str = "refund",
+        extra: dict | None = None,
+    ) -> None:
+        super().__init__(message, status=status, type=type, code=code, param=param, extra=extra)
+        self.nothing_generated = nothing_generated
+        self.retry_after = retry_after
+        self.failure_policy = failure_policy

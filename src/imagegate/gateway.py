@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Mapping
 
+from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Engine, Event, ImageDone, JobDone, PartialImage, Progress
 from imagegate.errors import EngineError, ImagegateError, ModerationBlocked, ServerError
@@ -31,6 +32,7 @@ class DeliveredImage:
     index: int
     data: bytes
     format: str
+    size: Size
     stored: StoredImage | None = None
     revised_prompt: str | None = None
 
@@ -101,7 +103,10 @@ class Gateway:
         self.storage = storage
         self.guard = guard
         self.guard_policy = guard_policy
-        self.limiters = {name: FifoLimiter(engine_concurrency) for name in self.engines}
+        # Relays carry their own per-channel caps; the gateway's queue only needs to admit that many.
+        self.limiters = {
+            name: FifoLimiter(getattr(engine, "concurrency", engine_concurrency)) for name, engine in self.engines.items()
+        }
         self._tasks: set[asyncio.Task] = set()
 
     def preflight(self, request: ImageRequest) -> ImageRequest:
@@ -150,7 +155,9 @@ class Gateway:
             try:
                 async for event in engine.run(job):
                     if isinstance(event, ImageDone):
-                        delivered = DeliveredImage(event.image_index, event.data, event.format, None, event.revised_prompt)
+                        delivered = DeliveredImage(
+                            event.image_index, event.data, event.format, event.size, None, event.revised_prompt
+                        )
                         run.result.images.append(delivered)
                         run._emit(event)
                         if store_images or run.abandoned:

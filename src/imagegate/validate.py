@@ -27,6 +27,11 @@ GENERATION_PARAMS = {
 }
 EDIT_PARAMS = GENERATION_PARAMS | {"input_fidelity", "image", "image[]", "images", "mask"}
 DEFAULT_MODEL = "gpt-image-1.5"
+# Optional parameters a relay forwards as the client sent them (size, n and the rest are sent resolved).
+_RELAYED = {
+    "quality", "background", "output_format", "output_compression", "moderation", "style", "user",
+    "safety_identifier", "complexity", "input_fidelity",
+}
 MAX_PARTIAL_IMAGES = 3
 MAX_IDENTIFIER_CHARS = 256
 
@@ -202,11 +207,13 @@ def validate(
 
     images: tuple = ()
     mask = None
+    files: tuple = ()
+    mask_file = None
     fidelity = "high" if model.token_table.startswith("gpt-image-2") else "low"
     if raw.operation == "edit":
         if model.input_fidelity:
             fidelity = f.choice("input_fidelity", model.input_fidelity, "low")
-        images, mask = _edit_inputs(raw, model, max_input_pixels=max_input_pixels, max_image_bytes=max_image_bytes)
+        images, mask, files, mask_file = _edit_inputs(raw, model, max_input_pixels=max_input_pixels, max_image_bytes=max_image_bytes)
 
     size_text = f.string("size", "auto")
     assert size_text is not None
@@ -274,6 +281,9 @@ def validate(
         input_fidelity=fidelity,
         style=style,
         options={"complexity": complexity} if complexity else {},
+        image_files=files,
+        mask_file=mask_file,
+        client_params={k: v for k, v in raw.fields.items() if k in _RELAYED and v is not None},
     )
     return ImageRequest(
         job=job, response_format=response_format, stream=stream, moderation=moderation, user=user  # type: ignore[arg-type]
@@ -310,7 +320,9 @@ def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_im
         mask = imaging.decode_upload(raw.mask, param="mask", max_pixels=max_input_pixels)
         imaging.check_mask(mask, uploads[0])
         mask_image = mask.image.convert("RGBA")
-    return tuple(u.image for u in uploads), mask_image
+    files = tuple((data, u.format) for (_, data), u in zip(raw.images, uploads))
+    mask_file = (raw.mask, "png") if raw.mask is not None else None
+    return tuple(u.image for u in uploads), mask_image, files, mask_file
 
 
 _DATA_URL_RE = re.compile(r"^data:(image/[\w.+-]+)?(;[\w=.-]+)*;base64,(.*)$", re.DOTALL)

@@ -42,7 +42,8 @@ def images_response(
     if job.model.response in ("gpt", "chat-image"):
         body["background"] = job.background
         body["output_format"] = job.output_format
-        body["size"] = str(job.size)
+        # What was produced: an upstream may answer a different size than asked (size=auto, chat upstreams).
+        body["size"] = str(result.images[0].size) if result.images else str(job.size)
     if job.model.response == "gpt":
         body["quality"] = job.quality
         body["usage"] = usage_dict(result.usage)

@@ -33,6 +33,11 @@ class Job:
     input_fidelity: str = "low"
     style: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # model-specific extras, e.g. complexity
+    # For engines that relay to an upstream API: the uploads as sent (bytes, format) and the optional
+    # parameters the client set explicitly, under their OpenAI names and already validated.
+    image_files: tuple[tuple[bytes, str], ...] = ()
+    mask_file: tuple[bytes, str] | None = None
+    client_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def transparent(self) -> bool:

@@ -1,0 +1,225 @@
+"""The ``openai`` channel type: OpenAI itself, Azure-style deployments and every OpenAI-compatible relay.
+
+Generations go as JSON, edits as multipart (``image`` / ``image[]`` / ``mask`` and every scalar), streams are
+read as SSE and turned into partial and final images. Answers are normalised: b64 with or without a data-URL
+prefix, url-only answers downloaded, missing usage estimated from the token tables and marked so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator
+
+import httpx
+
+from imagegate.catalog.tokens import Usage
+from imagegate.config import ChannelConfig
+from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
+from imagegate.engines.sandbox import job_usage
+from imagegate.engines.upstream import conform, decode_b64_image, download, error_from_response, transport_error
+from imagegate.errors import UpstreamError
+
+# What OpenAI's own API refuses, so it is never sent there; relays get everything.
+_OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+_DEFAULT_DROPS = {
+    # The reverse gpt-4o-image models bundle quality; edits don't take moderation (seed 001).
+    "edit": {"moderation"},
+    "generate": set(),
+}
+
+
+class OpenAICompatEngine:
+    def __init__(self, channel: ChannelConfig, client: httpx.AsyncClient) -> None:
+        self.channel = channel
+        self.client = client
+        self.name = f"openai:{channel.name}"
+        self.official = any(h in channel.base_url for h in _OPENAI_HOSTS)
+
+    # -- request building --------------------------------------------------------------------------------------
+
+    def _params(self, job: Job) -> dict[str, Any]:
+        channel = self.channel
+        params: dict[str, Any] = {
+            "model": channel.model_map.get(job.model.id, job.model.id),
+            "prompt": job.prompt,
+            "n": job.n,
+            "size": str(job.size),
+        }
+        params.update(job.client_params)
+        if job.model.id.startswith("gpt-4o-image"):
+            params.pop("quality", None)
+        drops = set(channel.drop_params) if channel.drop_params is not None else _DEFAULT_DROPS[job.operation]
+        for name in drops:
+            params.pop(name, None)
+        send_format = channel.send_response_format
+        if send_format is None:
+            send_format = not (self.official and job.model.id.startswith(("gpt-image", "chatgpt-image")))
+        if send_format:
+            params["response_format"] = "b64_json"
+        if job.partial_images:
+            params["stream"] = True
+            params["partial_images"] = job.partial_images
+        return {channel.rename_params.get(k, k): v for k, v in params.items()}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.channel.api_key:
+            if "azure" in self.channel.base_url:
+                headers["api-key"] = self.channel.api_key
+            else:
+                headers["Authorization"] = f"Bearer {self.channel.api_key}"
+        return headers
+
+    def _request(self, job: Job) -> httpx.Request:
+        base = self.channel.base_url.rstrip("/")
+        params = self._params(job)
+        if job.operation == "generate":
+            return self.client.build_request("POST", f"{base}/images/generations", json=params, headers=self._headers())
+        files: list[tuple[str, tuple[str, bytes, str]]] = []
+        field = "image[]" if len(job.image_files) > 1 else "image"
+        for index, (data, fmt) in enumerate(job.image_files):
+            files.append((field, (f"image_{index}.{fmt}", data, f"image/{fmt}")))
+        if job.mask_file is not None:
+            files.append(("mask", ("mask.png", job.mask_file[0], "image/png")))
+        data = {k: _form_value(v) for k, v in params.items()}
+        return self.client.build_request("POST", f"{base}/images/edits", data=data, files=files, headers=self._headers())
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> AsyncIterator[Event]:
+        channel = self.channel
+        request = self._request(job)
+        sent = False
+        try:
+            async with asyncio.timeout(channel.timeout_s):
+                response = await self.client.send(request, stream=True)
+                sent = True
+                try:
+                    if response.status_code >= 400:
+                        body = await response.aread()
+                        raise error_from_response(response, body, channel.name, channel.failure_policy)
+                    content_type = response.headers.get("content-type", "")
+                    if content_type.startswith("text/event-stream"):
+                        async for event in self._read_stream(job, response):
+                            yield event
+                    else:
+                        body = await response.aread()
+                        async for event in self._read_json(job, body):
+                            yield event
+                finally:
+                    await response.aclose()
+        except UpstreamError:
+            raise
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+            # Only a failed connect proves the request never left; anything later may have started the image.
+            left = sent or not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
+
+    def _malformed(self, what: str) -> UpstreamError:
+        # A 200 with a body we cannot read: the upstream did the work (and billed it), so no retry.
+        return UpstreamError(
+            f"The upstream '{self.channel.name}' returned a malformed answer: {what}.",
+            status=502, code="upstream_bad_response", failure_policy=self.channel.failure_policy,
+        )
+
+    async def _image(self, job: Job, item: dict[str, Any]) -> tuple[bytes, str, Any]:
+        if item.get("b64_json"):
+            data = decode_b64_image(item["b64_json"])
+        elif item.get("url"):
+            data = await download(self.client, item["url"], max_bytes=self.channel.max_download_bytes)
+        else:
+            raise ValueError("an image has neither b64_json nor url")
+        return await asyncio.to_thread(conform, data, job.output_format, job.output_compression, job.transparent)
+
+    async def _read_json(self, job: Job, body: bytes) -> AsyncIterator[Event]:
+        try:
+            payload = json.loads(body)
+            items = payload["data"]
+            if not isinstance(items, list) or not items:
+                raise ValueError("no images in 'data'")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise self._malformed(str(exc)) from None
+        for index, item in enumerate(items[: job.n]):
+            try:
+                data, fmt, size = await self._image(job, item)
+            except (ValueError, httpx.HTTPError, OSError) as exc:
+                raise self._malformed(f"image {index}: {exc}") from None
+            yield ImageDone(index, data, fmt, size, item.get("revised_prompt"))
+        delivered = min(len(items), job.n)
+        yield JobDone(_usage(payload.get("usage"), job, delivered))
+
+    async def _read_stream(self, job: Job, response: httpx.Response) -> AsyncIterator[Event]:
+        index = 0
+        usage = Usage()
+        saw_usage = False
+        async for data in _sse_data(response):
+            if data.strip() == "[DONE]":
+                break
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise self._malformed("an SSE event is not JSON") from None
+            if isinstance(event, dict) and event.get("error"):
+                err = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
+                raise UpstreamError(
+                    str(err.get("message") or "upstream stream error"), status=502, type=str(err.get("type") or "server_error"),
+                    code=err.get("code") or "upstream_error", param=err.get("param"),
+                    failure_policy=self.channel.failure_policy,
+                )
+            kind = str(event.get("type", ""))
+            if kind.endswith(".partial_image"):
+                raw = decode_b64_image(event.get("b64_json", ""))
+                yield PartialImage(index, int(event.get("partial_image_index", 0)), raw)
+                yield Progress(min(95, int(100 * (index + 0.5) / job.n)))
+            elif kind.endswith(".completed"):
+                try:
+                    data_bytes, fmt, size = await self._image(job, event)
+                except (ValueError, httpx.HTTPError, OSError) as exc:
+                    raise self._malformed(str(exc)) from None
+                yield ImageDone(index, data_bytes, fmt, size)
+                if isinstance(event.get("usage"), dict):
+                    usage = usage + _usage(event["usage"], job, 1)
+                    saw_usage = True
+                index += 1
+        if index == 0:
+            raise self._malformed("the stream ended without a completed image")
+        yield JobDone(usage if saw_usage else _usage(None, job, index))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of an SSE stream, multi-line data joined."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].lstrip(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+def _usage(raw: Any, job: Job, delivered: int) -> Usage:
+    if isinstance(raw, dict):
+        details = raw.get("input_tokens_details") or {}
+        try:
+            text = int(details.get("text_tokens", raw.get("input_tokens", 0) if not details else 0))
+            image = int(details.get("image_tokens", 0))
+            return Usage(text_tokens=text, image_tokens=image, output_tokens=int(raw.get("output_tokens", 0)))
+        except (TypeError, ValueError):
+            pass
+    # No usage from the upstream: what the token tables say for what was delivered, marked as an estimate.
+    estimate = job_usage(job)
+    per_image = estimate.output_tokens // max(job.n, 1)
+    return Usage(estimate.text_tokens, estimate.image_tokens, per_image * delivered, estimated=True)
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

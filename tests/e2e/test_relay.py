@@ -1,0 +1,336 @@
+"""imagegate relaying to real upstreams on loopback: a second imagegate in sandbox mode, and a fault injector."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests import openapi
+from tests.fault_upstream import B64, USAGE, FaultUpstream, Reply, error_body, ok_body
+from tests.imaging_helpers import decode, decode_b64, mask_bytes, png_bytes
+from tests.servers import TEST_KEY, start_server
+
+RELAYED = ["gpt-image-1", "gpt-image-1.5", "gpt-image-2", "dall-e-2", "dall-e-3", "gpt-4o-image"]
+
+
+def channel(name, base_url, models, **extra):
+    return {"name": name, "base_url": base_url, "api_key": TEST_KEY, "models": models, **extra}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    live = start_server(tmp_path_factory.mktemp("upstream"))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def front(upstream, tmp_path_factory):
+    live = start_server(tmp_path_factory.mktemp("front"), channels=(channel("up", upstream.base_url, RELAYED),))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def fclient(front):
+    return OpenAI(base_url=front.base_url, api_key=TEST_KEY, max_retries=0, timeout=60)
+
+
+def _count_upstream_images(upstream_live):
+    return len(list(upstream_live.settings.images_dir.iterdir()))
+
+
+# --- in front of a second imagegate ---------------------------------------------------------------------------
+
+
+def test_generation_relayed_with_usage(fclient, front):
+    assert front.app.state.catalog.get("gpt-image-1").engine == "relay"
+    raw = fclient.images.with_raw_response.generate(model="gpt-image-1", prompt="a relay tower", size="1024x1536",
+                                                   quality="high")
+    body = raw.http_response.json()
+    openapi.validate(body, "ImagesResponse")
+    assert decode_b64(body["data"][0]["b64_json"]).size == (1024, 1536)
+    assert body["usage"]["output_tokens"] == 6240  # the upstream's own usage, carried through
+    assert body["size"] == "1024x1536" and body["quality"] == "high"
+
+
+def test_transparent_webp_relayed(fclient):
+    result = fclient.images.generate(model="gpt-image-1.5", prompt="a sticker", background="transparent",
+                                     output_format="webp", size="1024x1024", quality="low")
+    image = decode_b64(result.data[0].b64_json)
+    assert image.format == "WEBP" and image.mode == "RGBA" and image.getchannel("A").getextrema()[0] == 0
+
+
+def test_every_edit_shape_relayed(fclient, front):
+    one = fclient.images.edit(model="gpt-image-1", prompt="a hat", image=("a.png", png_bytes(512, 512, (200, 0, 0, 255)), "image/png"),
+                              size="1024x1024", quality="low")
+    assert decode_b64(one.data[0].b64_json).size == (1024, 1024)
+    assert one.usage.input_tokens_details.image_tokens == 194
+    many = fclient.images.edit(
+        model="gpt-image-2", prompt="a basket",
+        image=[("a.png", png_bytes(1024, 1024, (240, 240, 240, 255)), "image/png"),
+               ("b.png", png_bytes(256, 256, (255, 0, 0, 255)), "image/png"),
+               ("c.png", png_bytes(256, 256, (0, 0, 255, 255)), "image/png")],
+        size="1024x1024", quality="low",
+    )
+    assert many.usage.input_tokens_details.image_tokens == 3 * (65 + 129 + 4096)
+    masked = fclient.images.edit(
+        model="gpt-image-1.5", prompt="stars", image=("a.png", png_bytes(1024, 1024, (30, 160, 60, 255)), "image/png"),
+        mask=("m.png", mask_bytes(1024, 1024, (0, 0, 512, 1024)), "image/png"), size="1024x1024", quality="low",
+    )
+    image = decode_b64(masked.data[0].b64_json).convert("RGB")
+    assert image.getpixel((900, 500)) == (30, 160, 60)
+    assert image.getpixel((100, 500)) != (30, 160, 60)
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes(1024, 1024)).decode()
+    response = httpx.post(f"{front.base_url}/images/edits", headers={"Authorization": f"Bearer {TEST_KEY}"},
+                          json={"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": data_url}],
+                                "size": "1024x1024", "quality": "low"}, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def test_url_answers_both_ways(fclient, front, upstream):
+    # The client asks for a url: the front stores the relayed image behind its own signed link.
+    result = fclient.images.generate(model="dall-e-3", prompt="an owl", size="1024x1024")
+    assert result.data[0].url.startswith(front.root)
+    assert decode(httpx.get(result.data[0].url).content).size == (1024, 1024)
+
+
+def test_url_only_upstream_is_downloaded(upstream, tmp_path):
+    live = start_server(tmp_path, channels=(channel("up", upstream.base_url, ["dall-e-2"], send_response_format=False),))
+    try:
+        client = OpenAI(base_url=live.base_url, api_key=TEST_KEY, max_retries=0)
+        result = client.images.generate(model="dall-e-2", prompt="a hill", size="256x256", response_format="b64_json")
+        assert decode_b64(result.data[0].b64_json).size == (256, 256)
+    finally:
+        live.stop()
+
+
+def test_stream_relayed(fclient):
+    events = list(fclient.images.generate(model="gpt-image-1", prompt="a lamp", stream=True, partial_images=2,
+                                          size="1024x1024", quality="low"))
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert events[-1].usage.output_tokens == 272 + 200
+    assert decode_b64(events[-1].b64_json).size == (1024, 1024)
+
+
+def test_chat_image_upstream_relayed_into_images_response(upstream, tmp_path):
+    # The upstream imagegate's /v1/chat/completions speaks the seed 002 stream format.
+    live = start_server(tmp_path, channels=(channel("reverse", upstream.base_url, ["gpt-4o-image-vip"], type="chat-image"),))
+    try:
+        client = OpenAI(base_url=live.base_url, api_key=TEST_KEY, max_retries=0)
+        result = client.images.generate(model="gpt-4o-image-vip", prompt="redesign poster of Black Swan", size="1024x1536")
+        assert decode_b64(result.data[0].b64_json).size == (1024, 1536)
+        assert result.size == "1024x1536"
+        streamed = client.chat.completions.create(model="gpt-4o-image-vip", stream=True,
+                                                  messages=[{"role": "user", "content": "a cat, 3:2"}])
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert "🏃 Progress" in text and "![gen_" in text
+    finally:
+        live.stop()
+
+
+# --- a fault-injecting upstream -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def faults():
+    upstream = FaultUpstream()
+    yield upstream
+    upstream.close()
+
+
+def _front(tmp_path, *channels):
+    live = start_server(tmp_path, channels=tuple(channels))
+    return live, OpenAI(base_url=live.base_url, api_key=TEST_KEY, max_retries=0, timeout=30)
+
+
+def _generate(client, **extra):
+    return client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low", **extra)
+
+
+def test_429_with_retry_after_is_retried(faults, tmp_path):
+    faults.script.append(Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"), {"retry-after": "0.2"}))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        result = _generate(client)
+        assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+        assert faults.calls("/images/generations") == 2
+        assert result.usage.output_tokens == 272
+    finally:
+        live.stop()
+
+
+def test_500_is_returned_with_the_upstreams_code_and_not_retried(faults, tmp_path):
+    faults.default = Reply(500, error_body("The server had an error", "server_error", "server_error"))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            _generate(client)
+        assert exc.value.status_code == 500 and exc.value.body["code"] == "server_error"
+        assert faults.calls() == 1
+    finally:
+        live.stop()
+
+
+def test_503_retried_then_fails_over_to_the_next_channel(faults, tmp_path):
+    backup = FaultUpstream()
+    faults.default = Reply(503, error_body("overloaded", "server_error", "overloaded"))
+    try:
+        live, client = _front(
+            tmp_path,
+            channel("primary", faults.base_url, ["gpt-image-1"], priority=10, max_retries=1),
+            channel("backup", backup.base_url, ["gpt-image-1"], priority=0),
+        )
+        try:
+            result = _generate(client)
+            assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+            assert faults.calls() == 2 and backup.calls() == 1
+        finally:
+            live.stop()
+    finally:
+        backup.close()
+
+
+def test_connection_refused_fails_over(faults, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    live, client = _front(tmp_path, channel("dead", dead, ["gpt-image-1"], priority=5, max_retries=0),
+                          channel("alive", faults.base_url, ["gpt-image-1"]))
+    try:
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+        assert faults.calls() == 1
+    finally:
+        live.stop()
+
+
+def test_circuit_opens_after_consecutive_failures(faults, tmp_path):
+    backup = FaultUpstream()
+    faults.default = Reply(503, error_body("down", "server_error", "overloaded"))
+    try:
+        live, client = _front(
+            tmp_path,
+            channel("flaky", faults.base_url, ["gpt-image-1"], priority=5, max_retries=0, circuit_failures=2,
+                    circuit_cooldown_s=60),
+            channel("backup", backup.base_url, ["gpt-image-1"]),
+        )
+        try:
+            for _ in range(4):
+                _generate(client)
+            assert faults.calls() == 2  # then the circuit is open and the flaky channel is skipped
+            assert backup.calls() == 4
+        finally:
+            live.stop()
+    finally:
+        backup.close()
+
+
+@pytest.mark.parametrize(
+    "reply, status, code",
+    [
+        (Reply(200, ok_body(), trickle_s=0.05), 504, "upstream_timeout"),
+        (Reply(hang=True), 504, "upstream_timeout"),
+        (Reply(200, ok_body(), truncate=True), 502, None),
+        (Reply(200, b'{"created": 1, "data": [{"b64_json": "'), 502, "upstream_bad_response"),
+    ],
+    ids=["slow-body", "hang", "truncated-connection", "truncated-json"],
+)
+def test_failures_after_sending_are_not_retried(faults, tmp_path, reply, status, code):
+    backup = FaultUpstream()
+    faults.default = reply
+    try:
+        live, client = _front(
+            tmp_path,
+            channel("f", faults.base_url, ["gpt-image-1"], priority=5, timeout_s=1.0),
+            channel("backup", backup.base_url, ["gpt-image-1"]),
+        )
+        try:
+            with pytest.raises(openai.APIStatusError) as exc:
+                _generate(client)
+            assert exc.value.status_code == status
+            if code:
+                assert exc.value.body["code"] == code
+            assert faults.calls() == 1 and backup.calls() == 0  # it may have generated: no second call
+        finally:
+            live.stop()
+    finally:
+        backup.close()
+
+
+def test_data_uri_b64_and_missing_usage_are_normalised(faults, tmp_path):
+    faults.default = Reply(200, ok_body(b64="data:image/png;base64," + B64, usage=None))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        result = _generate(client)
+        assert not result.data[0].b64_json.startswith("data:")
+        assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+        assert result.usage.output_tokens == 272  # estimated from the token table
+    finally:
+        live.stop()
+
+
+def test_url_only_answer_is_downloaded_and_re_served(faults, tmp_path):
+    faults.default = Reply(200, ok_body(url=faults.image_url))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        b64 = _generate(client)
+        assert decode_b64(b64.data[0].b64_json).size == (1024, 1024)
+        url = _generate(client, response_format="url")
+        assert url.data[0].url.startswith(live.root)
+        assert decode(httpx.get(url.data[0].url).content).size == (1024, 1024)
+    finally:
+        live.stop()
+
+
+def test_moderation_blocked_keeps_its_code(faults, tmp_path):
+    faults.default = Reply(400, error_body("Your request was rejected by the safety system.", "image_generation_user_error",
+                                           "moderation_blocked"))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        with pytest.raises(openai.BadRequestError) as exc:
+            _generate(client)
+        assert exc.value.body["code"] == "moderation_blocked"
+        assert exc.value.body["type"] == "image_generation_user_error"
+        assert faults.calls() == 1
+    finally:
+        live.stop()
+
+
+def test_parameters_forwarded_and_policies_applied(faults, tmp_path):
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1", "gpt-4o-image"],
+                                            model_map={"gpt-image-1": "gpt-image-1-upstream"}))
+    try:
+        _generate(client, moderation="low", background="opaque", output_format="png", output_compression=80)
+        sent = json.loads(faults.requests[-1][2])
+        assert sent["model"] == "gpt-image-1-upstream"
+        assert sent["moderation"] == "low" and sent["background"] == "opaque" and sent["output_compression"] == 80
+        assert sent["size"] == "1024x1024" and sent["quality"] == "low" and sent["n"] == 1
+        client.images.generate(model="gpt-4o-image", prompt="x", size="1024x1024")
+        assert "quality" not in json.loads(faults.requests[-1][2])
+        client.images.edit(model="gpt-image-1", prompt="x", image=[("a.png", png_bytes(64, 64), "image/png"),
+                                                                  ("b.png", png_bytes(64, 64), "image/png")],
+                           mask=("m.png", mask_bytes(64, 64, (0, 0, 32, 32)), "image/png"), size="1024x1024")
+        path, content_type, body = faults.requests[-1]
+        assert path.endswith("/images/edits") and content_type.startswith("multipart/form-data")
+        assert body.count(b'name="image[]"') == 2 and body.count(b'name="mask"') == 1
+    finally:
+        live.stop()
+
+
+def test_no_channel_can_honour_the_request(faults, tmp_path):
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], transparency=False, max_n=2))
+    try:
+        with pytest.raises(openai.BadRequestError) as exc:
+            _generate(client, background="transparent")
+        assert exc.value.body["code"] == "no_capable_channel"
+        with pytest.raises(openai.BadRequestError):
+            _generate(client, n=3)
+        assert faults.calls() == 0
+    finally:
+        live.stop()
