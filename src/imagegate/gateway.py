@@ -22,6 +22,7 @@ from imagegate.storage import LocalStorage, StoredImage
 from imagegate.validate import ImageRequest
 
 if TYPE_CHECKING:
+    from imagegate.billing import Billing, Idempotency, Settlement, Ticket
     from imagegate.guard import PromptGuard
 
 log = logging.getLogger("imagegate.gateway")
@@ -29,18 +30,35 @@ log = logging.getLogger("imagegate.gateway")
 
 @dataclass
 class DeliveredImage:
-    index: int
-    data: bytes
-    format: str
-    size: Size
+    done: ImageDone
     stored: StoredImage | None = None
-    revised_prompt: str | None = None
+
+    @property
+    def index(self) -> int:
+        return self.done.image_index
+
+    @property
+    def format(self) -> str:
+        return self.done.format
+
+    @property
+    def size(self) -> Size:
+        return self.done.size
+
+    @property
+    def revised_prompt(self) -> str | None:
+        return self.done.revised_prompt
+
+    @property
+    def data(self) -> bytes:
+        return self.done.bytes()
 
 
 @dataclass
 class RunResult:
     images: list[DeliveredImage] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    partial_images: int = 0  # partial images streamed; each is billed as 100 output tokens
     prompt_used: str = ""
     started: float = 0.0
     finished: float = 0.0
@@ -60,8 +78,10 @@ _END = object()
 class Run:
     """One request in flight. Consumers iterate :meth:`events`; the work goes on if they leave."""
 
-    def __init__(self, request: ImageRequest) -> None:
+    def __init__(self, request: ImageRequest, ticket: "Ticket | None" = None) -> None:
         self.request = request
+        self.ticket = ticket  # the request's hold, settled by the run's own task once it ends
+        self.settlement: "Settlement | None" = None
         self.result = RunResult(prompt_used=request.job.prompt, started=time.monotonic())
         self._queue: asyncio.Queue = asyncio.Queue()
         self.abandoned = False
@@ -98,8 +118,10 @@ class Gateway:
         guard: "PromptGuard | None" = None,
         guard_policy: str = "block",
         engine_concurrency: int = 4,
+        billing: "Billing | None" = None,
     ) -> None:
         self.engines = dict(engines)
+        self.billing = billing
         self.storage = storage
         self.guard = guard
         self.guard_policy = guard_policy
@@ -133,12 +155,33 @@ class Gateway:
             )
         return request
 
-    def start(self, request: ImageRequest, *, store: bool | None = None) -> Run:
+    async def begin(
+        self,
+        request: ImageRequest,
+        principal: object | None = None,
+        *,
+        store: bool | None = None,
+        endpoint: str = "images",
+        idempotency: "Idempotency | None" = None,
+    ) -> Run:
+        """Hold the most the request can cost on the caller's account (429 ``insufficient_quota`` if it cannot be
+        covered, and nothing runs), then start it. The run's own task settles the hold when the work ends."""
+        if self.billing is None:
+            return self.start(request, store=store)
+        ticket = await self.billing.reserve(request, principal, endpoint=endpoint, idempotency=idempotency)  # type: ignore[arg-type]
+        try:
+            # An idempotent result is replayed from storage, so its images are kept whatever the format.
+            return self.start(request, store=True if idempotency is not None else store, ticket=ticket)
+        except BaseException:
+            await self.billing.abort(ticket)
+            raise
+
+    def start(self, request: ImageRequest, *, store: bool | None = None, ticket: "Ticket | None" = None) -> Run:
         """Start the engine work in a detached task and return the run to read events from."""
         engine = self.engines.get(request.job.model.engine)
         if engine is None:
             raise ServerError(f"No engine '{request.job.model.engine}' is configured for model '{request.job.model.id}'.")
-        run = Run(request)
+        run = Run(request, ticket)
         store_images = request.response_format == "url" if store is None else store
         task = asyncio.create_task(self._drive(run, engine, store_images), name=f"run-{request.job.request_id}")
         run.task = task
@@ -149,23 +192,25 @@ class Gateway:
     async def _drive(self, run: Run, engine: Engine, store_images: bool) -> None:
         job = run.request.job
         limiter = self.limiters[engine.name]
+        error: ImagegateError | None = None
+        cancelled = False
         try:
             async for position in limiter.acquire():
                 run._emit(Progress(0, "queued", queue_position=position))
             try:
                 async for event in engine.run(job):
                     if isinstance(event, ImageDone):
-                        delivered = DeliveredImage(
-                            event.image_index, event.data, event.format, event.size, None, event.revised_prompt
-                        )
+                        delivered = DeliveredImage(event)
                         run.result.images.append(delivered)
                         run._emit(event)
                         if store_images or run.abandoned:
-                            delivered.stored = await self.storage.put(event.data, event.format)
+                            delivered.stored = await self.storage.put(event.bytes(), event.format)
                             run._emit(Stored(event.image_index, delivered.stored))
                     elif isinstance(event, JobDone):
                         run.result.usage = event.usage
                     elif isinstance(event, (Progress, PartialImage)):
+                        if isinstance(event, PartialImage):
+                            run.result.partial_images += 1
                         run._emit(event)
             finally:
                 limiter.release()
@@ -181,16 +226,29 @@ class Gateway:
             if not run.result.images:
                 raise EngineError(f"The engine for '{job.model.id}' produced no image.")
         except ImagegateError as exc:
-            run._emit(exc)
+            error = exc
         except asyncio.CancelledError:
-            run._emit(EngineError("The request was cancelled while the server shut down."))
-            raise
+            error = EngineError("The request was cancelled while the server shut down.")
+            cancelled = True
         except Exception as exc:  # an engine bug must still end the run with an error the client can read
             log.exception("engine %s failed on request %s", engine.name, job.request_id)
-            run._emit(EngineError(f"The engine failed: {type(exc).__name__}."))
+            error = EngineError(f"The engine failed: {type(exc).__name__}.")
         finally:
             run.result.finished = time.monotonic()
+            # Settle here, in the run's own task, before the consumer hears the end: exactly once, whether the
+            # client is still there, streamed, or left.
+            if self.billing is not None and run.ticket is not None:
+                try:
+                    run.settlement = await asyncio.shield(
+                        self.billing.settle(run.ticket, run.result, error, engine=engine.name, cancelled=cancelled)
+                    )
+                except (Exception, asyncio.CancelledError):  # the hold stays open; reconciliation releases it
+                    log.exception("settling request %s failed", job.request_id)
+            if error is not None:
+                run._emit(error)
             run._emit(_END)
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -135,3 +135,12 @@ def sniff_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+def header_size(data: bytes) -> Size | None:
+    """Width and height from the file header alone, without decoding pixels; None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return Size(*image.size)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None

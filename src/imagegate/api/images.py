@@ -6,12 +6,13 @@ import json
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from imagegate.api.auth import Principal, require_principal
-from imagegate.api.render import StreamRenderer, images_response
+from imagegate.api.billing import cost_headers, start_run, stream_headers
+from imagegate.api.render import FastJSONResponse, StreamRenderer, images_response
 from imagegate.engines.base import ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
 from imagegate.gateway import Run
@@ -97,12 +98,14 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
     image_request = state.gateway.preflight(image_request)
-    run = state.gateway.start(image_request)
+    run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
+    if not isinstance(run, Run):
+        return run
     if image_request.stream:
         return StreamingResponse(
             _sse(run, request),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
     try:
         result = await run.wait()
@@ -110,7 +113,7 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         run.abandon()
         raise
     body = images_response(image_request, result, storage=state.storage, base_url=_base_url(request))
-    return JSONResponse(body)
+    return FastJSONResponse(body, headers=cost_headers(run))
 
 
 async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:
@@ -121,7 +124,7 @@ async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:
             if isinstance(event, PartialImage):
                 yield renderer.partial(event.data, event.partial_index)
             elif isinstance(event, ImageDone):
-                finished.append(event.data)
+                finished.append(event)
         # Completed events carry usage, which is final only once the engine is done.
         for chunk in renderer.completed_all(finished, run.result.usage):
             yield chunk

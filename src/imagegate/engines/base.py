@@ -6,6 +6,8 @@ renders those events as a JSON response, an SSE stream or chat chunks.
 
 from __future__ import annotations
 
+import base64
+
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal, Protocol
 
@@ -62,11 +64,29 @@ class PartialImage:
 
 @dataclass(frozen=True)
 class ImageDone:
+    """A finished image. Relays may hand over the upstream's base64 text instead of bytes: passing it through
+    untouched saves decoding and re-encoding megabytes per image; either form is produced on demand."""
+
     image_index: int
-    data: bytes
+    data: bytes | None
     format: str
     size: Size
     revised_prompt: str | None = None
+    b64: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data is None and self.b64 is None:
+            raise ValueError("an image needs its bytes or its base64 text")
+
+    def bytes(self) -> bytes:
+        if self.data is None:
+            object.__setattr__(self, "data", base64.b64decode(self.b64))
+        return self.data  # type: ignore[return-value]
+
+    def base64(self) -> str:
+        if self.b64 is None:
+            object.__setattr__(self, "b64", base64.b64encode(self.data).decode("ascii"))  # type: ignore[arg-type]
+        return self.b64  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

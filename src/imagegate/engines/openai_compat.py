@@ -8,20 +8,31 @@ prefix, url-only answers downloaded, missing usage estimated from the token tabl
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, AsyncIterator
 
 import httpx
+import orjson
 
 from imagegate.catalog.tokens import Usage
 from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
 from imagegate.engines.sandbox import job_usage
-from imagegate.engines.upstream import conform, decode_b64_image, download, error_from_response, transport_error
+from imagegate.engines.upstream import (
+    conform,
+    decode_b64_image,
+    download,
+    error_from_response,
+    loads_images_json,
+    read_body,
+    strip_data_url,
+    transport_error,
+)
+from imagegate.imaging import header_size, sniff_format
 from imagegate.errors import UpstreamError
 
 # What OpenAI's own API refuses, so it is never sent there; relays get everything.
 _OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+_HEAD_CHARS = 8192  # base64 characters decoded to read an image header (a multiple of 4)
 _DEFAULT_DROPS = {
     # The reverse gpt-4o-image models bundle quality; edits don't take moderation (seed 001).
     "edit": {"moderation"},
@@ -104,7 +115,10 @@ class OpenAICompatEngine:
                         async for event in self._read_stream(job, response):
                             yield event
                     else:
-                        body = await response.aread()
+                        try:
+                            body = await read_body(response, self.channel.max_download_bytes)
+                        except ValueError as exc:
+                            raise self._malformed(str(exc)) from None
                         async for event in self._read_json(job, body):
                             yield event
                 finally:
@@ -123,29 +137,39 @@ class OpenAICompatEngine:
             status=502, code="upstream_bad_response", failure_policy=self.channel.failure_policy,
         )
 
-    async def _image(self, job: Job, item: dict[str, Any]) -> tuple[bytes, str, Any]:
+    async def _image(self, job: Job, index: int, item: dict[str, Any]) -> ImageDone:
+        revised = item.get("revised_prompt")
         if item.get("b64_json"):
-            data = decode_b64_image(item["b64_json"])
+            text = strip_data_url(item["b64_json"])
+            # Pass the upstream's base64 through when it already is what the client asked for: the header
+            # (format, size) is all we need to read.
+            head = decode_b64_image(text[:_HEAD_CHARS])
+            if sniff_format(head) == job.output_format:
+                size = header_size(head)
+                if size is not None:
+                    return ImageDone(index, None, job.output_format, size, revised, b64=text)
+            data = decode_b64_image(text)
         elif item.get("url"):
             data = await download(self.client, item["url"], max_bytes=self.channel.max_download_bytes)
         else:
             raise ValueError("an image has neither b64_json nor url")
-        return await asyncio.to_thread(conform, data, job.output_format, job.output_compression, job.transparent)
+        data, fmt, size = await asyncio.to_thread(conform, data, job.output_format, job.output_compression, job.transparent)
+        return ImageDone(index, data, fmt, size, revised)
 
     async def _read_json(self, job: Job, body: bytes) -> AsyncIterator[Event]:
         try:
-            payload = json.loads(body)
+            payload = loads_images_json(body)
             items = payload["data"]
             if not isinstance(items, list) or not items:
                 raise ValueError("no images in 'data'")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise self._malformed(str(exc)) from None
         for index, item in enumerate(items[: job.n]):
             try:
-                data, fmt, size = await self._image(job, item)
+                done = await self._image(job, index, item)
             except (ValueError, httpx.HTTPError, OSError) as exc:
                 raise self._malformed(f"image {index}: {exc}") from None
-            yield ImageDone(index, data, fmt, size, item.get("revised_prompt"))
+            yield done
         delivered = min(len(items), job.n)
         yield JobDone(_usage(payload.get("usage"), job, delivered))
 
@@ -157,8 +181,8 @@ class OpenAICompatEngine:
             if data.strip() == "[DONE]":
                 break
             try:
-                event = json.loads(data)
-            except ValueError:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
                 raise self._malformed("an SSE event is not JSON") from None
             if isinstance(event, dict) and event.get("error"):
                 err = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
@@ -174,10 +198,10 @@ class OpenAICompatEngine:
                 yield Progress(min(95, int(100 * (index + 0.5) / job.n)))
             elif kind.endswith(".completed"):
                 try:
-                    data_bytes, fmt, size = await self._image(job, event)
+                    done = await self._image(job, index, event)
                 except (ValueError, httpx.HTTPError, OSError) as exc:
                     raise self._malformed(str(exc)) from None
-                yield ImageDone(index, data_bytes, fmt, size)
+                yield done
                 if isinstance(event.get("usage"), dict):
                     usage = usage + _usage(event["usage"], job, 1)
                     saw_usage = True
