@@ -80,6 +80,8 @@ def decode_upload(data: bytes, *, param: str, max_pixels: int) -> Upload:
 
 
 def check_mask(mask: Upload, base: Upload) -> None:
+    if mask.format != "png":
+        raise InvalidRequestMask(f"The mask must be a PNG with an alpha channel, not {mask.format}.")
     if mask.size != base.size:
         raise InvalidRequestMask(
             f"The mask is {mask.size} but the first image is {base.size}; they must have the same dimensions."

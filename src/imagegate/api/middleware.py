@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imagegate.errors import PayloadTooLarge
+from imagegate.errors import PayloadTooLarge, ServerError
+
+log = logging.getLogger("imagegate.api")
 
 
 class RequestIdMiddleware:
@@ -20,15 +23,34 @@ class RequestIdMiddleware:
             return
         request_id = f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Starlette's own 500 handler sits outside every middleware and would answer without our request id.
+            log.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), request_id)
+            if started:
+                raise
+            error = ServerError("The server had an error while processing your request.")
+            body = json.dumps({"error": error.to_dict()}).encode()
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
