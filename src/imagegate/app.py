@@ -14,13 +14,14 @@ import httpx
 from fastapi import FastAPI
 
 from imagegate.api import errors as api_errors
-from imagegate.api import chat, files, images, models
+from imagegate.api import admin, billing as billing_api, chat, files, images, models
 from imagegate.api.auth import KeyStore, StaticKeys
 from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from imagegate.catalog import Catalog, load_catalog
 from imagegate.config import ConfigError, Settings
 from imagegate.engines.sandbox import SandboxEngine
 from imagegate.gateway import Gateway
+from imagegate.moderation import ModerationClient
 from imagegate.routing import build_router, route_catalog
 from imagegate.storage import LocalStorage, UrlSigner
 from imagegate.storage.local import load_or_create_secret
@@ -56,13 +57,50 @@ def _load_guard(settings: Settings):
     return PromptGuard.load(extra_paths=[Path(p) for p in settings.guard_rule_files])
 
 
+def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):
+    """The price book (always: quotes and cost headers), and with metering the database, its key store and the
+    runtime that migrates, heartbeats and reconciles. A malformed price file, or a model without a price while
+    metering is on, stops the start with one line naming the entry."""
+    from imagegate.billing import Billing, BillingRuntime, PriceBookError, load_price_book, metering_enabled
+
+    prices = load_price_book(settings.price_file)
+    if not metering_enabled(settings):
+        for problem in prices.coverage_problems(catalog):
+            log.warning("prices: %s (unmetered: its quote is refused)", problem)
+        return Billing(prices), keys or StaticKeys(ensure_api_keys(settings)[0]), None
+    from imagegate.api.billing import DbKeys
+    from imagegate.billing.store import BillingStore
+    from imagegate.db import Database, resolve_url
+
+    problems = prices.coverage_problems(catalog)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PriceBookError(f"prices: {problems[0]}{more}")
+    store = BillingStore(
+        Database(resolve_url(settings.database_url, settings.data_dir)),
+        hold_ttl_seconds=settings.hold_ttl_seconds,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        stale_after_seconds=max(3 * settings.heartbeat_interval_seconds, 30.0),
+    )
+    if keys is None:
+        # Static keys stay an explicit, unmetered mode: configured ones, or a key file made earlier; with
+        # metering on, no static key is created behind the operator's back.
+        static = settings.api_keys or _existing_key(settings)
+        keys = DbKeys(store, StaticKeys(static) if static else None)
+    return Billing(prices, store), keys, BillingRuntime(store, heartbeat_interval=settings.heartbeat_interval_seconds)
+
+
+def _existing_key(settings: Settings) -> tuple[str, ...]:
+    path = settings.data_dir / KEY_FILE
+    return (path.read_text().strip(),) if path.exists() else ()
+
+
 def create_app(
     settings: Settings, *, catalog: Catalog | None = None, keys: KeyStore | None = None
 ) -> FastAPI:
     catalog = catalog or load_catalog()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if keys is None:
-        keys = StaticKeys(ensure_api_keys(settings)[0])
+    billing, keys, billing_runtime = _billing(settings, catalog, keys)
     signer = UrlSigner(load_or_create_secret(settings.data_dir / "url_secret.key"))
     storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
     engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms)}
@@ -79,16 +117,27 @@ def create_app(
         router = build_router(settings.channels, upstream_client)
         engines["relay"] = router
         catalog = route_catalog(catalog, router)
+    moderation = None
+    moderation_client = None
+    if settings.moderation_url:
+        moderation_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        moderation = ModerationClient(
+            settings.moderation_url, settings.moderation_api_key, settings.moderation_model, moderation_client
+        )
     gateway = Gateway(
         engines=engines,
         storage=storage,
         guard=_load_guard(settings),
         guard_policy=settings.guard_policy,
         engine_concurrency=settings.engine_concurrency,
+        billing=billing,
+        moderation=moderation,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if billing_runtime is not None:
+            await billing_runtime.start()  # migrate, register, release what a crashed server left held
         janitor = asyncio.create_task(_janitor(storage, settings.janitor_interval_seconds))
         try:
             yield
@@ -96,9 +145,12 @@ def create_app(
             janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await janitor
-            await gateway.aclose()
-            if upstream_client is not None:
-                await upstream_client.aclose()
+            await gateway.aclose()  # cancelled runs settle (refund) before the database closes
+            if billing_runtime is not None:
+                await billing_runtime.stop()
+            for client in (upstream_client, moderation_client):
+                if client is not None:
+                    await client.aclose()
 
     app = FastAPI(
         title="imagegate",
@@ -112,11 +164,14 @@ def create_app(
     app.state.keys = keys
     app.state.storage = storage
     app.state.gateway = gateway
+    app.state.billing = billing
     api_errors.install(app)
     app.include_router(images.router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(files.router)
+    app.include_router(billing_api.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

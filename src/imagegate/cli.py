@@ -1,4 +1,4 @@
-"""The one entry point: ``imagegate serve | generate | edit``."""
+"""The one entry point: ``imagegate serve | generate | edit | accounts | keys | usage | db``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keys, created = ensure_api_keys(settings)
+    from imagegate.billing import metering_enabled
+
+    metered = metering_enabled(settings)
+    # With metering on, keys come from `imagegate keys create`; no unmetered key is made behind the operator's back.
+    keys, created = ensure_api_keys(settings) if not metered else (settings.api_keys, None)
     try:
         app = create_app(settings)
     except ConfigError as exc:
@@ -32,6 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if created:
         print(f"Created an API key (kept in {settings.data_dir / 'api_key.txt'}):\n{created}", flush=True)
+    elif metered:
+        print("Metered: accounts and keys from `imagegate accounts create` / `imagegate keys create`", flush=True)
     elif not settings.api_keys:
         print(f"API key: see {settings.data_dir / 'api_key.txt'}", flush=True)
     print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir})", flush=True)
@@ -85,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("images", nargs="+", type=Path)
     edit.add_argument("--mask", type=Path, default=None)
     edit.set_defaults(func=_client, operation="edit")
+
+    from imagegate.billing.commands import add_commands
+
+    add_commands(sub)  # accounts, keys, usage, db
     return parser
 
 

@@ -79,7 +79,20 @@ class Settings(BaseModel):
     # Prompt guard: block | rewrite | off.
     guard_policy: Literal["block", "rewrite", "off"] = "block"
     guard_rule_files: tuple[Path, ...] = ()
+    # Optional second guard stage: an OpenAI-compatible /v1/moderations endpoint consulted after the rules pass.
+    moderation_url: str = ""  # e.g. https://api.openai.com/v1; empty: off
+    moderation_api_key: str = ""
+    moderation_model: str = "omni-moderation-latest"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Accounts, keys and the ledger. auto: on when database_url or admin_token is set, or the data dir already
+    # holds imagegate.db (`imagegate accounts create` makes it); off: static keys only, no database.
+    metering: Literal["auto", "on", "off"] = "auto"
+    database_url: str = ""  # empty: SQLite in data_dir/imagegate.db; or postgresql+asyncpg://user@host/db
+    admin_token: str = ""  # guards /admin; empty: the admin API is off
+    price_file: Path | None = None  # overrides the shipped price book (billing/prices.toml)
+    hold_ttl_seconds: int = Field(3600, ge=60)  # a hold whose server stops heart-beating is released after this
+    idempotency_ttl_seconds: int = Field(86400, ge=60)  # how long a retry with the same Idempotency-Key replays
+    heartbeat_interval_seconds: float = Field(10.0, gt=0)
     channels: tuple[ChannelConfig, ...] = ()
 
     @field_validator("api_keys", "guard_rule_files", mode="before")
@@ -152,6 +165,11 @@ def load_settings(
     values.update(_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["channels"] = _resolve_channels(values.get("channels") or [], environ)
+    key = str(values.get("moderation_api_key", ""))
+    if key.startswith("env:"):
+        if key[4:] not in environ:
+            raise ConfigError(f"bad setting 'moderation_api_key': environment variable {key[4:]} is not set")
+        values["moderation_api_key"] = environ[key[4:]]
     try:
         return Settings(**values)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, AsyncIterator, Mapping
 
 from imagegate.catalog import Size
@@ -117,6 +117,7 @@ class Gateway:
         storage: LocalStorage,
         guard: "PromptGuard | None" = None,
         guard_policy: str = "block",
+        moderation: "ModerationClient | None" = None,
         engine_concurrency: int = 4,
         billing: "Billing | None" = None,
     ) -> None:
@@ -125,34 +126,34 @@ class Gateway:
         self.storage = storage
         self.guard = guard
         self.guard_policy = guard_policy
+        self.moderation = moderation
         # Relays carry their own per-channel caps; the gateway's queue only needs to admit that many.
         self.limiters = {
             name: FifoLimiter(getattr(engine, "concurrency", engine_concurrency)) for name, engine in self.engines.items()
         }
         self._tasks: set[asyncio.Task] = set()
 
-    def preflight(self, request: ImageRequest) -> ImageRequest:
-        """Checks that must refuse before anything is spent: the prompt guard."""
-        if self.guard is None or self.guard_policy == "off":
+    async def preflight(self, request: ImageRequest, *, policy: str | None = None) -> ImageRequest:
+        """Checks that must refuse before anything is spent: the prompt guard's rules, then the optional
+        moderation endpoint. ``policy`` overrides the deployment's guard policy (a key's own policy)."""
+        policy = policy or self.guard_policy
+        if policy == "off":
             return request
-        verdict = self.guard.check(
-            request.job.prompt, moderation=request.moderation, policy=self.guard_policy  # type: ignore[arg-type]
-        )
-        if verdict.action == "block":
-            raise ModerationBlocked(
-                verdict.message or "Your request was rejected as a result of our safety system.",
-                extra={"moderation_details": {"moderation_stage": "input", "categories": list(verdict.categories)}},
-            )
-        if verdict.action == "rewrite":
-            from dataclasses import replace
-
-            return ImageRequest(
-                job=replace(request.job, prompt=verdict.prompt),
-                response_format=request.response_format,
-                stream=request.stream,
-                moderation=request.moderation,
-                user=request.user,
-            )
+        if self.guard is not None:
+            verdict = self.guard.check(request.job.prompt, moderation=request.moderation, policy=policy)  # type: ignore[arg-type]
+            if verdict.action == "block":
+                log.info("prompt guard blocked request %s: %s", request.job.request_id, ", ".join(verdict.categories))
+                raise ModerationBlocked(
+                    verdict.message or "Your request was rejected as a result of our safety system.",
+                    extra={"moderation_details": {"moderation_stage": "input", "categories": list(verdict.categories)}},
+                )
+            if verdict.action == "rewrite":
+                log.info("prompt guard rewrote request %s: %s", request.job.request_id, ", ".join(verdict.categories))
+                request = replace(
+                    request, job=replace(request.job, prompt=verdict.prompt), original_prompt=request.job.prompt
+                )
+        if self.moderation is not None:
+            await self.moderation.check(request.job.prompt)
         return request
 
     async def begin(

@@ -54,6 +54,7 @@ class ImageRequest:
     stream: bool
     moderation: Literal["auto", "low"]
     user: str | None
+    original_prompt: str | None = None  # set when the prompt guard rewrote the prompt
 
 
 def _one_of(values: tuple[str, ...] | list[str]) -> str:

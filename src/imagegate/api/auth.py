@@ -18,6 +18,10 @@ class Principal:
     key_prefix: str
     account: str | None = None
     metered: bool = False
+    account_id: int | None = None
+    key_id: int | None = None
+    group: str = "default"  # the account's price group (multiplier in the price book)
+    allowed_models: tuple[str, ...] | None = None  # None: every model
 
 
 class KeyStore(Protocol):

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from imagegate.api.auth import Principal, require_principal
+from imagegate.api.billing import cost_headers, stream_headers
 from imagegate.api.images import _base_url, _json_body
 from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
@@ -172,16 +173,16 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     try:
-        image_request = state.gateway.preflight(image_request)
+        image_request = await state.gateway.preflight(image_request, policy=getattr(principal, "guard_policy", None))
     except ModerationBlocked as exc:
         # A chat client shows assistant messages, not error envelopes: explain the refusal in the conversation.
         return _refusal(completion_id, model_id, created, _blocked_text(exc), stream)
-    run = state.gateway.start(image_request, store=True)
+    run = await state.gateway.begin(image_request, principal, store=True, endpoint="chat")  # holds the cost first
     if stream:
         return StreamingResponse(
             _stream(request, run, completion_id, model_id, created),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
     try:
         await run.wait()
@@ -190,7 +191,8 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
         raise
     stored = [img.stored for img in sorted(run.result.images, key=lambda i: i.index) if img.stored]
     content = _prompt_block(run) + _image_markdown(request, stored)
-    return JSONResponse(_completion(completion_id, model_id, created, content.strip(), "stop", _chat_usage(run)))
+    return JSONResponse(_completion(completion_id, model_id, created, content.strip(), "stop", _chat_usage(run)),
+                        headers=cost_headers(run))
 
 
 def _completion(completion_id: str, model: str, created: int, content: str, finish: str, usage: dict) -> dict:

@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from imagegate.api.auth import Principal, require_principal
@@ -46,7 +47,9 @@ async def _multipart(request: Request, settings) -> RawRequest:
             max_files=MAX_MULTIPART_FILES, max_fields=200, max_part_size=settings.max_image_bytes
         )
     except MultiPartException as exc:
-        raise InvalidRequest(f"Malformed multipart body: {exc.message}.") from None
+        raise InvalidRequest(f"Malformed multipart body: {exc.message}") from None
+    except StarletteHTTPException as exc:  # Starlette reports parse errors this way
+        raise InvalidRequest(f"Malformed multipart body: {exc.detail}") from None
     fields: dict[str, Any] = {}
     images: list[tuple[str, bytes]] = []
     mask: bytes | None = None
@@ -81,6 +84,9 @@ def _json_edit(body: dict[str, Any]) -> RawRequest:
         raise InvalidRequest("Missing required parameter: 'images'.", param="images", code="missing_required_parameter")
     if not isinstance(refs, list):
         raise InvalidType("Invalid type for 'images': expected an array of {image_url} objects.", param="images")
+    if not refs:
+        raise InvalidRequest("Missing required parameter: 'images' holds no image; send 1 to 16 {image_url} objects.",
+                             param="images", code="missing_required_parameter")
     images = [("images", decode_image_reference(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
     mask = decode_image_reference(mask_ref, "mask") if mask_ref is not None else None
     return RawRequest("edit", fields, multipart=False, images=images, mask=mask)
@@ -97,7 +103,9 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     image_request = validate(
         raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
-    image_request = state.gateway.preflight(image_request)
+    image_request = await state.gateway.preflight(
+        image_request, policy=getattr(getattr(request.state, "principal", None), "guard_policy", None)
+    )
     run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
     if not isinstance(run, Run):
         return run

@@ -39,6 +39,8 @@ def images_response(
             item["b64_json"] = image.done.base64()
         if job.model.id == "dall-e-3":
             item["revised_prompt"] = image.revised_prompt or job.prompt
+        elif request.original_prompt is not None:
+            item["revised_prompt"] = job.prompt  # the prompt guard's rewrite: the prompt that was used
         data.append(item)
     body: dict[str, Any] = {"created": int(time.time()), "data": data}
     if job.model.response in ("gpt", "chat-image"):

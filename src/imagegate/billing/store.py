@@ -1,0 +1,619 @@
+"""Accounts, keys, holds, the ledger, the usage log and idempotency records in the database.
+
+Every change of money is one transaction that updates the balance with a conditional ``UPDATE ... RETURNING``
+and appends ledger entries; nothing reads a balance, decides in Python and writes it back. The invariants, kept
+by the statements and by CHECK constraints:
+
+- ``balance = sum(topup) - sum(settle)`` and ``held = sum of open holds`` for every account;
+- ``balance >= held >= 0``: a hold is placed only if ``balance - held`` covers it, and a settlement never charges
+  more than its hold, so a balance cannot go below zero under any interleaving;
+- a hold is closed once: ``status = 'open'`` is part of the WHERE clause that closes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from imagegate.catalog.tokens import Usage
+from imagegate.db import Database
+from imagegate.db.schema import accounts, api_keys, holds, idempotency, instances, ledger, usage_log
+from imagegate.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
+
+KEY_PREFIX = "sk-ig-"
+PREFIX_CHARS = 12  # "sk-ig-" and 6 random characters: shown in lists, enough to revoke by
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    name: str
+    group: str
+    balance_micro: int
+    held_micro: int
+    created_at: float
+
+    @property
+    def available_micro(self) -> int:
+        return self.balance_micro - self.held_micro
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    account_id: int
+    account_name: str
+    prefix: str
+    name: str
+    enabled: bool
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+    allowed_models: tuple[str, ...] | None
+    spend_limit_micro: int | None
+    spent_micro: int
+    held_micro: int
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None or not self.enabled:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True)
+class UsageMeta:
+    """What the usage log records about a request when it starts."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    engine: str
+    operation: str
+    size: str
+    quality: str
+    stream: bool
+    n_asked: int
+    key_prefix: str
+    account_id: int | None
+    metered: bool
+    quote_micro: int
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    scope: str
+    key: str
+    body_hash: str
+    state: str
+    request_id: str
+    result: dict[str, Any] | None
+
+
+class IdempotencyTaken(Exception):
+    """Another request claimed this idempotency key first (between our look-up and our claim)."""
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _account(row: Any) -> Account:
+    return Account(row.id, row.name, row.group_name, row.balance_micro, row.held_micro, row.created_at)
+
+
+def _api_key(row: Any) -> ApiKey:
+    allowed = tuple(json.loads(row.allowed_models)) if row.allowed_models else None
+    return ApiKey(
+        row.id, row.account_id, row.account_name, row.prefix, row.name, bool(row.enabled), row.created_at,
+        row.expires_at, row.revoked_at, row.last_used_at, allowed, row.spend_limit_micro, row.spent_micro,
+        row.held_micro,
+    )
+
+
+_KEY_COLUMNS = [*api_keys.c, accounts.c.name.label("account_name")]
+
+
+class BillingStore:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        hold_ttl_seconds: float = 3600,
+        idempotency_ttl_seconds: float = 86400,
+        stale_after_seconds: float = 60,
+    ) -> None:
+        self.db = db
+        self.hold_ttl = hold_ttl_seconds
+        self.idempotency_ttl = idempotency_ttl_seconds
+        self.stale_after = stale_after_seconds
+        self.instance_id = uuid.uuid4().hex
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+
+    # --- accounts -------------------------------------------------------------------------------------------
+
+    async def create_account(self, name: str, *, group: str = "default", balance_micro: int = 0) -> Account:
+        now = time.time()
+        try:
+            async with self.db.write() as conn:
+                account_id = (await conn.execute(
+                    sa.insert(accounts).values(name=name, group_name=group, balance_micro=0, held_micro=0,
+                                               created_at=now).returning(accounts.c.id)
+                )).scalar_one()
+                if balance_micro:
+                    await self._topup(conn, account_id, balance_micro, "opening balance", now)
+        except IntegrityError:
+            raise Conflict(f"An account named '{name}' already exists.", code="account_exists") from None
+        return await self.account(name)
+
+    async def _topup(self, conn, account_id: int, micro: int, note: str, now: float) -> int:
+        balance = (await conn.execute(
+            sa.update(accounts).where(accounts.c.id == account_id)
+            .values(balance_micro=accounts.c.balance_micro + micro).returning(accounts.c.balance_micro)
+        )).scalar_one()
+        await conn.execute(sa.insert(ledger).values(
+            at=now, account_id=account_id, kind="topup", amount_micro=micro, balance_after_micro=balance,
+            note=note[:200],
+        ))
+        return balance
+
+    async def topup(self, name: str, micro: int, note: str = "") -> Account:
+        if micro <= 0:
+            raise InvalidRequest("A top-up must be more than 0.", param="amount")
+        async with self.db.write() as conn:
+            account_id = (await conn.execute(sa.select(accounts.c.id).where(accounts.c.name == name))).scalar()
+            if account_id is None:
+                raise NotFound(f"No account named '{name}'.", code="account_not_found")
+            await self._topup(conn, account_id, micro, note or "top-up", time.time())
+        return await self.account(name)
+
+    async def set_group(self, name: str, group: str) -> Account:
+        async with self.db.write() as conn:
+            done = await conn.execute(sa.update(accounts).where(accounts.c.name == name).values(group_name=group))
+            if done.rowcount == 0:
+                raise NotFound(f"No account named '{name}'.", code="account_not_found")
+        return await self.account(name)
+
+    async def account(self, name: str) -> Account:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(accounts).where(accounts.c.name == name))).first()
+        if row is None:
+            raise NotFound(f"No account named '{name}'.", code="account_not_found")
+        return _account(row)
+
+    async def account_by_id(self, account_id: int) -> Account:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(accounts).where(accounts.c.id == account_id))).first()
+        if row is None:
+            raise NotFound(f"No account with id {account_id}.", code="account_not_found")
+        return _account(row)
+
+    async def accounts(self) -> list[Account]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(sa.select(accounts).order_by(accounts.c.name))).all()
+        return [_account(r) for r in rows]
+
+    # --- keys -----------------------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        account_name: str,
+        *,
+        name: str = "",
+        expires_at: float | None = None,
+        allowed_models: Sequence[str] | None = None,
+        spend_limit_micro: int | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key for the account; the secret is returned here and never again (only its hash is kept)."""
+        account = await self.account(account_name)
+        for _ in range(5):
+            secret = new_key()
+            try:
+                async with self.db.write() as conn:
+                    await conn.execute(sa.insert(api_keys).values(
+                        account_id=account.id, prefix=secret[:PREFIX_CHARS], key_hash=hash_key(secret), name=name,
+                        enabled=True, created_at=time.time(), expires_at=expires_at,
+                        allowed_models=json.dumps(list(allowed_models)) if allowed_models is not None else None,
+                        spend_limit_micro=spend_limit_micro, spent_micro=0, held_micro=0,
+                    ))
+            except IntegrityError:
+                continue  # a prefix collision: draw again
+            return await self.key(secret[:PREFIX_CHARS]), secret
+        raise RuntimeError("could not draw a unique key prefix")  # pragma: no cover
+
+    def _keys_query(self):
+        return sa.select(*_KEY_COLUMNS).select_from(api_keys.join(accounts, api_keys.c.account_id == accounts.c.id))
+
+    async def key(self, prefix: str) -> ApiKey:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(self._keys_query().where(api_keys.c.prefix.startswith(prefix, autoescape=True))
+                                       .limit(2))).all()
+        if not rows:
+            raise NotFound(f"No API key with prefix '{prefix}'.", code="key_not_found")
+        if len(rows) > 1:
+            raise InvalidRequest(f"The prefix '{prefix}' matches more than one key; give more of it.", param="prefix")
+        return _api_key(rows[0])
+
+    async def keys(self, account_name: str | None = None) -> list[ApiKey]:
+        query = self._keys_query().order_by(api_keys.c.id)
+        if account_name is not None:
+            await self.account(account_name)
+            query = query.where(accounts.c.name == account_name)
+        async with self.db.read() as conn:
+            return [_api_key(r) for r in (await conn.execute(query)).all()]
+
+    async def key_by_secret(self, secret: str) -> tuple[ApiKey, Account] | None:
+        query = sa.select(*_KEY_COLUMNS, accounts.c.group_name, accounts.c.balance_micro.label("a_balance"),
+                          accounts.c.held_micro.label("a_held"), accounts.c.created_at.label("a_created")) \
+            .select_from(api_keys.join(accounts, api_keys.c.account_id == accounts.c.id)) \
+            .where(api_keys.c.key_hash == hash_key(secret))
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        account = Account(row.account_id, row.account_name, row.group_name, row.a_balance, row.a_held, row.a_created)
+        return _api_key(row), account
+
+    async def revoke_key(self, prefix: str) -> ApiKey:
+        key = await self.key(prefix)
+        async with self.db.write() as conn:
+            await conn.execute(sa.update(api_keys).where(api_keys.c.id == key.id, api_keys.c.revoked_at.is_(None))
+                               .values(enabled=False, revoked_at=time.time()))
+        return await self.key(key.prefix)
+
+    # --- holds and settlement -------------------------------------------------------------------------------
+
+    async def place_hold(
+        self, meta: UsageMeta, *, key_id: int | None, idem: tuple[str, str, str] | None = None
+    ) -> tuple[str, int, int]:
+        """Hold ``meta.quote_micro`` on the account (and the key's own limit), open the usage row and claim the
+        idempotency key, all or nothing. Returns (hold id, usage id, available balance after the hold)."""
+        assert meta.account_id is not None
+        amount = meta.quote_micro
+        now = time.time()
+        hold_id = uuid.uuid4().hex
+        try:
+            async with self.db.write() as conn:
+                if idem is not None:
+                    await self._claim(conn, idem, meta.request_id, hold_id, now)
+                row = (await conn.execute(
+                    sa.update(accounts)
+                    .where(accounts.c.id == meta.account_id, accounts.c.balance_micro - accounts.c.held_micro >= amount)
+                    .values(held_micro=accounts.c.held_micro + amount)
+                    .returning(accounts.c.balance_micro, accounts.c.held_micro)
+                )).first()
+                if row is None:
+                    raise InsufficientQuota(
+                        "You exceeded your current quota: this request can cost up to "
+                        f"${amount / 1e6:.6f} and the account's available balance does not cover it. "
+                        "Top up the account or ask for fewer or smaller images.",
+                        headers={"x-should-retry": "false"},
+                    )
+                if key_id is not None:
+                    key_row = (await conn.execute(
+                        sa.update(api_keys)
+                        .where(api_keys.c.id == key_id, sa.or_(
+                            api_keys.c.spend_limit_micro.is_(None),
+                            api_keys.c.spend_limit_micro - api_keys.c.spent_micro - api_keys.c.held_micro >= amount,
+                        ))
+                        .values(held_micro=api_keys.c.held_micro + amount).returning(api_keys.c.id)
+                    )).first()
+                    if key_row is None:
+                        raise InsufficientQuota(
+                            "You exceeded your current quota: this API key's own spend limit does not cover a request "
+                            f"that can cost up to ${amount / 1e6:.6f}.",
+                            headers={"x-should-retry": "false"},
+                        )
+                usage_id = await self._open_usage(conn, meta, now)
+                await conn.execute(sa.insert(holds).values(
+                    id=hold_id, account_id=meta.account_id, key_id=key_id, usage_id=usage_id,
+                    request_id=meta.request_id, amount_micro=amount, status="open", instance_id=self.instance_id,
+                    created_at=now, expires_at=now + self.hold_ttl,
+                ))
+                await conn.execute(sa.insert(ledger).values(
+                    at=now, account_id=meta.account_id, key_id=key_id, kind="hold", amount_micro=amount,
+                    balance_after_micro=row.balance_micro, hold_id=hold_id, request_id=meta.request_id,
+                ))
+        except IntegrityError:
+            if idem is not None:
+                raise IdempotencyTaken() from None
+            raise
+        return hold_id, usage_id, row.balance_micro - row.held_micro
+
+    async def open_usage(self, meta: UsageMeta, *, idem: tuple[str, str, str] | None = None) -> int:
+        """An unmetered request (static key) in the usage log, with its idempotency claim."""
+        now = time.time()
+        try:
+            async with self.db.write() as conn:
+                if idem is not None:
+                    await self._claim(conn, idem, meta.request_id, None, now)
+                return await self._open_usage(conn, meta, now)
+        except IntegrityError:
+            if idem is not None:
+                raise IdempotencyTaken() from None
+            raise
+
+    async def _open_usage(self, conn, meta: UsageMeta, now: float, status: str = "running",
+                          error_code: str | None = None) -> int:
+        return (await conn.execute(sa.insert(usage_log).values(
+            request_id=meta.request_id, created_at=now, account_id=meta.account_id, key_prefix=meta.key_prefix,
+            metered=meta.metered, endpoint=meta.endpoint, model=meta.model, engine=meta.engine,
+            operation=meta.operation, size=meta.size, quality=meta.quality, stream=meta.stream, n_asked=meta.n_asked,
+            quote_micro=meta.quote_micro, status=status, error_code=error_code,
+            finished_at=None if status == "running" else now, latency_ms=None if status == "running" else 0,
+        ).returning(usage_log.c.id))).scalar_one()
+
+    async def log_refused(self, meta: UsageMeta, error_code: str) -> None:
+        async with self.db.write() as conn:
+            await self._open_usage(conn, meta, time.time(), status="refused", error_code=error_code)
+
+    async def settle(
+        self,
+        *,
+        hold_id: str | None,
+        usage_id: int,
+        cost_micro: int,
+        delivered: int,
+        usage: Usage,
+        latency_ms: int,
+        status: str,
+        error_code: str | None,
+        idem: tuple[str, str] | None = None,
+        idem_result: dict[str, Any] | None = None,
+    ) -> tuple[int, int | None]:
+        """Close the hold: charge ``cost_micro`` (never more than the hold) and release the rest; finish the usage
+        row; store (or drop) the idempotent result. Returns (charged, available balance) - (cost, None) for
+        unmetered requests. A hold that is no longer open (a reconciler released it) charges nothing."""
+        now = time.time()
+        async with self.db.write() as conn:
+            charged, available, lost = cost_micro, None, False
+            if hold_id is not None:
+                hold = (await conn.execute(
+                    sa.update(holds).where(holds.c.id == hold_id, holds.c.status == "open")
+                    .values(status="settled", closed_at=now)
+                    .returning(holds.c.amount_micro, holds.c.account_id, holds.c.key_id, holds.c.request_id)
+                )).first()
+                if hold is None:  # released by reconciliation (or settled already): nothing more is charged
+                    charged, status, error_code, lost = 0, "error", "hold_lost", True
+                else:
+                    charged = min(cost_micro, hold.amount_micro)
+                    await conn.execute(sa.update(holds).where(holds.c.id == hold_id).values(charged_micro=charged))
+                    available = await self._close_hold(conn, hold, hold_id, charged, now)
+            row = usage_log.c.id == usage_id
+            if lost:
+                row = row & (usage_log.c.status == "running")  # never rewrite a row already closed
+            await conn.execute(sa.update(usage_log).where(row).values(
+                finished_at=now, n_delivered=delivered, text_tokens=usage.text_tokens, image_tokens=usage.image_tokens,
+                output_tokens=usage.output_tokens, cost_micro=charged, latency_ms=latency_ms, status=status,
+                error_code=error_code,
+            ))
+            if idem is not None:
+                where = (idempotency.c.scope == idem[0]) & (idempotency.c.key == idem[1])
+                if idem_result is None:
+                    await conn.execute(sa.delete(idempotency).where(where))
+                else:
+                    stored = {**idem_result, "cost_micro": charged}
+                    await conn.execute(sa.update(idempotency).where(where).values(
+                        state="done", result=json.dumps(stored, separators=(",", ":")), hold_id=None
+                    ))
+        return charged, available
+
+    async def _close_hold(self, conn, hold: Any, hold_id: str, charged: int, now: float) -> int:
+        amount = hold.amount_micro
+        # Rows are locked in one order everywhere - the hold, its account, then its key - so that concurrent holds
+        # and settlements on PostgreSQL queue instead of deadlocking.
+        account = (await conn.execute(
+            sa.update(accounts).where(accounts.c.id == hold.account_id)
+            .values(balance_micro=accounts.c.balance_micro - charged, held_micro=accounts.c.held_micro - amount)
+            .returning(accounts.c.balance_micro, accounts.c.held_micro)
+        )).one()
+        if hold.key_id is not None:
+            await conn.execute(sa.update(api_keys).where(api_keys.c.id == hold.key_id).values(
+                spent_micro=api_keys.c.spent_micro + charged, held_micro=api_keys.c.held_micro - amount,
+                last_used_at=now,
+            ))
+        common = dict(at=now, account_id=hold.account_id, key_id=hold.key_id, hold_id=hold_id,
+                      request_id=hold.request_id, balance_after_micro=account.balance_micro)
+        await conn.execute(sa.insert(ledger).values(kind="settle", amount_micro=charged, **common))
+        if amount > charged:
+            await conn.execute(sa.insert(ledger).values(kind="release", amount_micro=amount - charged, **common))
+        return account.balance_micro - account.held_micro
+
+    async def release(self, hold_id: str, *, reason: str, status: str = "crashed") -> bool:
+        """Give a whole hold back (nothing ran, or its server is gone); ``reason`` becomes the usage row's error
+        code. False if the hold was already closed."""
+        now = time.time()
+        async with self.db.write() as conn:
+            hold = (await conn.execute(
+                sa.update(holds).where(holds.c.id == hold_id, holds.c.status == "open")
+                .values(status="released", closed_at=now, charged_micro=0)
+                .returning(holds.c.amount_micro, holds.c.account_id, holds.c.key_id, holds.c.request_id,
+                           holds.c.usage_id)
+            )).first()
+            if hold is None:
+                return False
+            account = (await conn.execute(
+                sa.update(accounts).where(accounts.c.id == hold.account_id)
+                .values(held_micro=accounts.c.held_micro - hold.amount_micro).returning(accounts.c.balance_micro)
+            )).one()
+            if hold.key_id is not None:
+                await conn.execute(sa.update(api_keys).where(api_keys.c.id == hold.key_id)
+                                   .values(held_micro=api_keys.c.held_micro - hold.amount_micro))
+            await conn.execute(sa.insert(ledger).values(
+                at=now, account_id=hold.account_id, key_id=hold.key_id, kind="release", amount_micro=hold.amount_micro,
+                balance_after_micro=account.balance_micro, hold_id=hold_id, request_id=hold.request_id, note=reason,
+            ))
+            if hold.usage_id is not None:
+                await conn.execute(sa.update(usage_log)
+                                   .where(usage_log.c.id == hold.usage_id, usage_log.c.status == "running")
+                                   .values(status=status, error_code=reason, finished_at=now, cost_micro=0))
+            await conn.execute(sa.delete(idempotency).where(idempotency.c.hold_id == hold_id))
+        return True
+
+    async def finish_unstarted(self, usage_id: int, idem: tuple[str, str] | None) -> None:
+        """An unmetered request that never reached an engine: close its usage row and idempotency claim."""
+        async with self.db.write() as conn:
+            await conn.execute(sa.update(usage_log).where(usage_log.c.id == usage_id)
+                               .values(status="error", error_code="not_started", finished_at=time.time()))
+            if idem is not None:
+                await conn.execute(sa.delete(idempotency).where(
+                    (idempotency.c.scope == idem[0]) & (idempotency.c.key == idem[1])))
+
+    # --- idempotency ----------------------------------------------------------------------------------------
+
+    async def _claim(self, conn, idem: tuple[str, str, str], request_id: str, hold_id: str | None, now: float) -> None:
+        scope, key, body_hash = idem
+        await conn.execute(sa.insert(idempotency).values(
+            scope=scope, key=key, body_hash=body_hash, state="running", request_id=request_id, hold_id=hold_id,
+            created_at=now, expires_at=now + self.idempotency_ttl,
+        ))
+
+    async def idempotency_record(self, scope: str, key: str) -> IdempotencyRecord | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(idempotency).where(
+                idempotency.c.scope == scope, idempotency.c.key == key, idempotency.c.expires_at > time.time()
+            ))).first()
+        if row is None:
+            return None
+        result = json.loads(row.result) if row.result else None
+        return IdempotencyRecord(row.scope, row.key, row.body_hash, row.state, row.request_id, result)
+
+    # --- reports --------------------------------------------------------------------------------------------
+
+    async def usage(self, account_name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(usage_log, accounts.c.name.label("account")).select_from(
+            usage_log.outerjoin(accounts, usage_log.c.account_id == accounts.c.id)
+        ).order_by(usage_log.c.id.desc()).limit(limit)
+        if account_name is not None:
+            account = await self.account(account_name)
+            query = query.where(usage_log.c.account_id == account.id)
+        async with self.db.read() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+
+    async def ledger(self, account_name: str, limit: int = 100) -> list[dict[str, Any]]:
+        account = await self.account(account_name)
+        query = sa.select(ledger).where(ledger.c.account_id == account.id).order_by(ledger.c.id.desc()).limit(limit)
+        async with self.db.read() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+
+    async def totals(self, account_name: str) -> dict[str, int]:
+        """Ledger sums by kind, the usage log's charged total and the open holds, for audits and tests."""
+        account = await self.account(account_name)
+        async with self.db.read() as conn:
+            by_kind = dict((await conn.execute(
+                sa.select(ledger.c.kind, sa.func.coalesce(sa.func.sum(ledger.c.amount_micro), 0))
+                .where(ledger.c.account_id == account.id).group_by(ledger.c.kind)
+            )).all())
+            usage_cost = (await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(usage_log.c.cost_micro), 0))
+                .where(usage_log.c.account_id == account.id, usage_log.c.metered.is_(True))
+            )).scalar_one()
+            open_holds = (await conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(holds.c.amount_micro), 0))
+                .where(holds.c.account_id == account.id, holds.c.status == "open")
+            )).one()
+        return {
+            "topup": int(by_kind.get("topup", 0)),
+            "hold": int(by_kind.get("hold", 0)),
+            "settle": int(by_kind.get("settle", 0)),
+            "release": int(by_kind.get("release", 0)),
+            "usage_cost": int(usage_cost),
+            "open_holds": int(open_holds[0]),
+            "open_held": int(open_holds[1]),
+            "balance": account.balance_micro,
+            "held": account.held_micro,
+        }
+
+    # --- instances and reconciliation -----------------------------------------------------------------------
+
+    async def register(self) -> None:
+        now = time.time()
+        async with self.db.write() as conn:
+            await conn.execute(sa.insert(instances).values(
+                id=self.instance_id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now
+            ))
+
+    async def unregister(self) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(sa.delete(instances).where(instances.c.id == self.instance_id))
+
+    async def heartbeat(self) -> None:
+        """This server is alive: so are its holds (a long generation must not lose its hold to the expiry)."""
+        now = time.time()
+        async with self.db.write() as conn:
+            done = await conn.execute(sa.update(instances).where(instances.c.id == self.instance_id)
+                                      .values(heartbeat_at=now))
+            if done.rowcount == 0:
+                await conn.execute(sa.insert(instances).values(
+                    id=self.instance_id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now
+                ))
+            await conn.execute(sa.update(holds).where(holds.c.instance_id == self.instance_id, holds.c.status == "open")
+                               .values(expires_at=now + self.hold_ttl))
+
+    async def reconcile(self) -> int:
+        """Release holds whose server is gone (same host and its process is dead, or no heartbeat for
+        ``stale_after`` seconds) or whose time ran out; drop expired idempotency records. Returns holds released."""
+        now = time.time()
+        async with self.db.read() as conn:
+            known = (await conn.execute(sa.select(instances))).all()
+            dead = {
+                row.id for row in known
+                if row.id != self.instance_id and (
+                    (row.hostname == self.hostname and (row.pid == self.pid or not _pid_alive(row.pid)))
+                    or row.heartbeat_at < now - self.stale_after
+                )
+            }
+            alive = {row.id for row in known} - dead
+            candidates = (await conn.execute(
+                sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at)
+                .where(holds.c.status == "open")
+            )).all()
+        released = 0
+        for hold in candidates:
+            if hold.instance_id == self.instance_id and hold.expires_at >= now:
+                continue
+            if hold.instance_id in alive and hold.expires_at >= now:
+                continue
+            reason = "hold_expired" if hold.instance_id in alive or hold.instance_id == self.instance_id \
+                else "server_lost"
+            released += await self.release(hold.id, reason=reason)
+        async with self.db.write() as conn:
+            if dead:
+                await conn.execute(sa.delete(instances).where(instances.c.id.in_(dead)))
+            await conn.execute(sa.delete(idempotency).where(idempotency.c.expires_at < now,
+                                                            idempotency.c.state == "done"))
+            # Unmetered requests have no hold; their claims and usage rows are given up after the hold lifetime.
+            old = now - self.hold_ttl
+            await conn.execute(sa.delete(idempotency).where(
+                idempotency.c.state == "running", idempotency.c.hold_id.is_(None), idempotency.c.created_at < old))
+            await conn.execute(sa.update(usage_log).where(
+                usage_log.c.status == "running", usage_log.c.metered.is_(False), usage_log.c.created_at < old
+            ).values(status="crashed", error_code="server_lost", finished_at=now))
+        return released

@@ -1,0 +1,89 @@
+"""What settlement charges, decided without a database: delivered images, the failure policies, our own
+shutdown, upstreams that provably did nothing, and models without a price."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from imagegate.api.auth import Principal
+from imagegate.billing import Billing, load_price_book
+from imagegate.catalog import Catalog, load_catalog
+from imagegate.errors import EngineError, PermissionDenied, ServerError, UpstreamError
+from imagegate.gateway import DeliveredImage, RunResult
+from imagegate.engines.base import ImageDone
+from imagegate.validate import RawRequest, validate
+
+CATALOG = load_catalog()
+
+
+def request(model="gpt-image-1", catalog=CATALOG, **fields):
+    body = {"model": model, "prompt": "x", "size": "1024x1024", "quality": "low", **fields}
+    return validate(RawRequest("generate", body), catalog, max_input_pixels=10**8, max_image_bytes=10**8)
+
+
+def result(images: int) -> RunResult:
+    from imagegate.catalog import Size
+
+    done = [DeliveredImage(ImageDone(i, b"png", "png", Size(1024, 1024))) for i in range(images)]
+    return RunResult(images=done)
+
+
+def settle(billing: Billing, req, res, error=None, *, engine="sandbox", cancelled=False) -> int | None:
+    async def main():
+        ticket = await billing.reserve(req, None)
+        return (await billing.settle(ticket, res, error, engine=engine, cancelled=cancelled)).cost_micro
+
+    return asyncio.run(main())
+
+
+def test_success_charges_what_was_delivered():
+    billing = Billing(load_price_book())
+    assert settle(billing, request(n=2), result(2)) == 2 * 11_000 + 5
+    assert settle(billing, request(n=2), result(1)) == 11_000 + 5
+
+
+def test_failure_policies(tmp_path):
+    refund = Billing(load_price_book())
+    path = tmp_path / "prices.toml"
+    path.write_text('[failure_policy]\ndefault = "charge"\n')
+    charge = Billing(load_price_book(path))
+    req = request(n=2)
+    error = EngineError("boom")
+    assert settle(refund, req, result(0), error) == 0
+    # An error after images were drawn still delivers nothing to the client: refunded.
+    assert settle(refund, req, result(1), error) == 0
+    assert settle(charge, req, result(0), error) == 2 * 11_000 + 5  # as quoted: the upstream bills the call
+    assert settle(charge, req, result(0), error, cancelled=True) == 0  # our own shutdown is never billed
+    # A relay's own channel policy decides for its errors; an upstream that provably did nothing is not billed.
+    assert settle(refund, req, result(0), UpstreamError("x", failure_policy="charge"), engine="relay") == 2 * 11_000 + 5
+    assert settle(charge, req, result(0), UpstreamError("x", nothing_generated=True, failure_policy="charge")) == 0
+
+
+def test_a_model_without_a_price_is_refused_not_free():
+    extended = Catalog({**CATALOG.models, "flux-9": replace(CATALOG.get("gpt-image-1"), id="flux-9")})
+    billing = Billing(load_price_book())
+    req = request("flux-9", catalog=extended)
+    with pytest.raises(ServerError) as exc:
+        billing.quote(req, None)
+    assert exc.value.code == "price_missing" and "flux-9" in exc.value.message
+    # An unmetered caller may still run it: nothing is billed, and no cost is claimed.
+    assert settle(billing, req, result(1)) is None
+
+
+def test_allowed_models_are_enforced_before_anything_is_held():
+    billing = Billing(load_price_book())
+    payer = Principal(key_prefix="sk-ig-abc", metered=True, account_id=1, key_id=1, allowed_models=("dall-e-2",))
+    with pytest.raises(PermissionDenied) as exc:
+        asyncio.run(billing.reserve(request(), payer))
+    assert exc.value.code == "model_not_allowed"
+
+
+def test_an_unknown_price_group_is_refused():
+    billing = Billing(load_price_book())
+    payer = Principal(key_prefix="sk-ig-abc", metered=True, account_id=1, key_id=1, group="platinum")
+    with pytest.raises(ServerError) as exc:
+        billing.quote(request(), payer)
+    assert exc.value.code == "price_group_missing"

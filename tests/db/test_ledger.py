@@ -1,0 +1,242 @@
+"""The ledger store on SQLite and PostgreSQL: atomic holds under concurrency, settle-once, reconciliation of
+holds left by dead servers, keys stored hashed, and the invariants the CHECK constraints keep."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from imagegate.billing.store import BillingStore, IdempotencyTaken, UsageMeta
+from imagegate.catalog.tokens import Usage
+from imagegate.db import Database
+from imagegate.db.schema import accounts, api_keys, holds, instances
+from imagegate.errors import Conflict, InsufficientQuota, NotFound
+
+
+def meta(account_id: int | None, quote: int, request_id: str = "r", key_prefix: str = "sk-ig-test00") -> UsageMeta:
+    return UsageMeta(request_id=request_id, endpoint="images", model="gpt-image-1", engine="sandbox",
+                     operation="generate", size="1024x1024", quality="low", stream=False, n_asked=1,
+                     key_prefix=key_prefix, account_id=account_id, metered=account_id is not None, quote_micro=quote)
+
+
+def run(database_url: str, body, **store_args):
+    async def main():
+        db = Database(database_url)
+        await db.upgrade()
+        store = BillingStore(db, **store_args)
+        await store.register()
+        try:
+            return await body(store)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+async def settle(store, hold_id, usage_id, cost, **kw):
+    return await store.settle(hold_id=hold_id, usage_id=usage_id, cost_micro=cost, delivered=1,
+                              usage=Usage(3, 0, 272), latency_ms=5, status="ok", error_code=None, **kw)
+
+
+def check_invariants(totals: dict) -> None:
+    assert totals["balance"] == totals["topup"] - totals["settle"]
+    assert totals["held"] == totals["open_held"] == totals["hold"] - totals["settle"] - totals["release"]
+    assert totals["settle"] == totals["usage_cost"]
+
+
+def test_concurrent_holds_admit_exactly_what_the_balance_covers(database_url):
+    cost = 11_015
+
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=100 * cost)
+        key, _ = await store.create_key("acme")
+
+        async def one(i: int):
+            try:
+                hold_id, usage_id, _ = await store.place_hold(meta(account.id, cost, f"r{i}"), key_id=key.id)
+            except InsufficientQuota:
+                return False
+            await asyncio.sleep(0)
+            await settle(store, hold_id, usage_id, cost)
+            return True
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        return results, await store.totals("acme"), await store.key(key.prefix)
+
+    results, totals, key = run(database_url, body)
+    assert results.count(True) == 100
+    assert totals["balance"] == 0 and totals["held"] == 0 and totals["open_holds"] == 0
+    assert totals["settle"] == totals["usage_cost"] == 100 * cost
+    assert key.spent_micro == 100 * cost and key.held_micro == 0
+    check_invariants(totals)
+
+
+def test_key_spend_limit_is_atomic_too(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=10_000_000)
+        key, _ = await store.create_key("acme", spend_limit_micro=5 * 1000)
+        results = await asyncio.gather(*(
+            store.place_hold(meta(account.id, 1000, f"r{i}"), key_id=key.id) for i in range(12)
+        ), return_exceptions=True)
+        return results
+
+    results = run(database_url, body)
+    assert sum(not isinstance(r, Exception) for r in results) == 5
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert all(isinstance(r, InsufficientQuota) and "spend limit" in r.message for r in refused)
+
+
+def test_settlement_charges_at_most_the_hold_and_only_once(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        hold_id, usage_id, available = await store.place_hold(meta(account.id, 50_000), key_id=None)
+        assert available == 950_000
+        charged, available = await settle(store, hold_id, usage_id, 80_000)  # more than held: capped
+        assert (charged, available) == (50_000, 950_000)
+        again = await settle(store, hold_id, usage_id, 50_000)  # a second settle charges nothing
+        assert again == (0, None)
+        second, usage2, _ = await store.place_hold(meta(account.id, 40_000, "r2"), key_id=None)
+        assert await settle(store, second, usage2, 30_000) == (30_000, 920_000)  # the unused 10,000 released
+        rows = {r["request_id"]: r for r in await store.usage("acme")}
+        assert rows["r"]["status"] == "ok" and rows["r"]["cost_micro"] == 50_000
+        ledger = [(e["kind"], e["amount_micro"]) for e in reversed(await store.ledger("acme"))]
+        assert ledger == [("topup", 1_000_000), ("hold", 50_000), ("settle", 50_000),
+                          ("hold", 40_000), ("settle", 30_000), ("release", 10_000)]
+        return await store.totals("acme")
+
+    totals = run(database_url, body)
+    assert totals["balance"] == 920_000
+    check_invariants(totals)
+
+
+def test_balance_can_never_drop_below_holds(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=100)
+        async with store.db.write() as conn:
+            await conn.execute(sa.update(accounts).where(accounts.c.id == account.id).values(held_micro=50))
+        with pytest.raises(IntegrityError):
+            async with store.db.write() as conn:
+                await conn.execute(sa.update(accounts).where(accounts.c.id == account.id).values(balance_micro=10))
+        with pytest.raises(IntegrityError):
+            async with store.db.write() as conn:
+                await conn.execute(sa.update(accounts).where(accounts.c.id == account.id).values(held_micro=-1))
+
+    run(database_url, body)
+
+
+def test_accounts_and_keys(database_url):
+    async def body(store: BillingStore):
+        await store.create_account("acme", balance_micro=2_000_000)
+        with pytest.raises(Conflict):
+            await store.create_account("acme")
+        with pytest.raises(NotFound):
+            await store.topup("nobody", 1)
+        key, secret = await store.create_key("acme", name="ci", allowed_models=["gpt-image-1"],
+                                             expires_at=time.time() + 60)
+        assert secret.startswith("sk-ig-") and len(secret) > 40 and key.prefix == secret[:12]
+        found, account = await store.key_by_secret(secret)
+        assert found.id == key.id and account.name == "acme" and found.allowed_models == ("gpt-image-1",)
+        assert await store.key_by_secret(secret + "x") is None
+        async with store.db.read() as conn:
+            stored = (await conn.execute(sa.select(api_keys))).one()
+        assert secret not in [str(v) for v in stored] and stored.key_hash != secret  # only the hash is kept
+        assert (await store.revoke_key(key.prefix[:9])).state(time.time()) == "revoked"
+        expired, _ = await store.create_key("acme", expires_at=time.time() - 1)
+        assert expired.state(time.time()) == "expired"
+        with pytest.raises(NotFound):
+            await store.revoke_key("sk-ig-nothere")
+
+    run(database_url, body)
+
+
+def test_idempotency_claim_is_part_of_the_hold(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=100)
+        claim = ("acct:1", "k1", "hash")
+        await store.place_hold(meta(account.id, 10, "a"), key_id=None, idem=claim)
+        with pytest.raises(IdempotencyTaken):
+            await store.place_hold(meta(account.id, 10, "b"), key_id=None, idem=claim)
+        # A refused hold leaves no claim behind.
+        with pytest.raises(InsufficientQuota):
+            await store.place_hold(meta(account.id, 1000, "c"), key_id=None, idem=("acct:1", "k2", "hash"))
+        assert await store.idempotency_record("acct:1", "k2") is None
+        return await store.totals("acme")
+
+    totals = run(database_url, body)
+    assert totals["held"] == 10 and totals["open_holds"] == 1
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def test_reconcile_releases_holds_of_dead_servers_only(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        db = store.db
+
+        async def server(hostname: str, pid: int) -> BillingStore:
+            other = BillingStore(db)
+            other.hostname, other.pid = hostname, pid
+            await other.register()
+            return other
+
+        dead_here = await server(store.hostname, _dead_pid())  # this host, process gone
+        alive_here = await server(store.hostname, os.getppid())  # this host, process running
+        elsewhere = await server("another-host", 1)  # another host: judged by its heartbeat
+        held = {}
+        for name, other in (("dead", dead_here), ("alive", alive_here), ("elsewhere", elsewhere)):
+            held[name] = (await other.place_hold(meta(account.id, 1000, name), key_id=None))[0]
+        assert await store.reconcile() == 1
+        async with db.read() as conn:
+            status = dict((await conn.execute(sa.select(holds.c.request_id, holds.c.status))).all())
+        assert status == {"dead": "released", "alive": "open", "elsewhere": "open"}
+        # The other host stops heart-beating: after stale_after its holds go too.
+        async with db.write() as conn:
+            await conn.execute(sa.update(instances).where(instances.c.id == elsewhere.instance_id)
+                               .values(heartbeat_at=time.time() - 3600))
+        # A live server's hold whose time ran out (it stopped extending it) is released as expired.
+        async with db.write() as conn:
+            await conn.execute(sa.update(holds).where(holds.c.id == held["alive"]).values(expires_at=time.time() - 1))
+        assert await store.reconcile() == 2
+        rows = {r["request_id"]: (r["status"], r["error_code"]) for r in await store.usage("acme")}
+        assert rows == {"dead": ("crashed", "server_lost"), "elsewhere": ("crashed", "server_lost"),
+                        "alive": ("crashed", "hold_expired")}
+        async with db.read() as conn:
+            ids = set((await conn.execute(sa.select(instances.c.id))).scalars())
+        assert ids == {store.instance_id, alive_here.instance_id}
+        # A settle that arrives after its hold was released charges nothing and keeps the row as it was.
+        assert await settle(store, held["dead"], 1, 1000) == (0, None)
+        return await store.totals("acme")
+
+    totals = run(database_url, body, stale_after_seconds=60)
+    assert totals["balance"] == 1_000_000 and totals["held"] == 0 and totals["settle"] == 0
+    check_invariants(totals)
+
+
+def test_heartbeat_keeps_a_live_servers_holds(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1000)
+        hold_id, _, _ = await store.place_hold(meta(account.id, 10), key_id=None)
+        async with store.db.write() as conn:
+            await conn.execute(sa.update(holds).values(expires_at=time.time() + 1))
+        await store.heartbeat()
+        async with store.db.read() as conn:
+            expires = (await conn.execute(sa.select(holds.c.expires_at))).scalar_one()
+        assert expires > time.time() + 3000
+        assert await store.reconcile() == 0
+
+    run(database_url, body)

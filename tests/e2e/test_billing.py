@@ -1,0 +1,319 @@
+"""Accounts, keys and charges through the official SDK against a metered server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from imagegate.engines.base import ImageDone, JobDone
+from imagegate.errors import EngineError
+from tests.billing.live import (  # noqa: F401  (fixtures)
+    admin, assert_books_balance, backend, client, metered, new_account, quote, settled, start_metered, totals,
+)
+from tests.db.backends import fresh_url
+from tests.servers import TEST_KEY
+
+LOW = {"model": "gpt-image-1", "prompt": "a red fox in snow", "size": "1024x1024", "quality": "low"}
+
+
+def test_a_generation_is_charged_exactly_its_price(metered):
+    key = new_account(metered, "acme", "1")
+    expected = quote(metered, key, LOW)
+    assert expected == 11_000 + 5 * 5  # $0.011 per image + 5 prompt tokens at $5/M
+    raw = client(metered, key).images.with_raw_response.generate(**LOW)
+    assert raw.headers["x-imagegate-cost"] == "0.011025"
+    assert raw.headers["x-imagegate-balance"] == "0.988975"
+    assert len(raw.parse().data) == 1
+    balance = httpx.get(f"{metered.base_url}/balance", headers={"Authorization": f"Bearer {key}"}).json()
+    assert balance["metered"] is True and balance["account"] == "acme"
+    assert balance["available"] == {"usd": "0.988975", "micro_usd": 988_975, "credits": 70217.23}
+    assert balance["key"]["spent"]["micro_usd"] == expected
+    rows = admin(metered, "GET", "/usage", params={"account": "acme"}).json()["data"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert {k: row[k] for k in ("model", "engine", "operation", "size", "quality", "n_asked", "n_delivered",
+                                "text_tokens", "output_tokens", "cost_micro", "quote_micro", "status", "error_code",
+                                "metered", "account")} == {
+        "model": "gpt-image-1", "engine": "sandbox", "operation": "generate", "size": "1024x1024", "quality": "low",
+        "n_asked": 1, "n_delivered": 1, "text_tokens": 5, "output_tokens": 272, "cost_micro": expected,
+        "quote_micro": expected, "status": "ok", "error_code": None, "metered": True, "account": "acme"}
+    assert row["key_prefix"] == key[:12] and row["latency_ms"] >= 0
+    assert len(json.dumps(rows)) < 2000  # no image bytes or base64 in the usage log
+    assert_books_balance(totals(metered, "acme"))
+
+
+def test_insufficient_balance_is_429_insufficient_quota_and_nothing_runs(metered):
+    key = new_account(metered, "poor", "0.011")  # one image costs 0.011025 with its prompt
+    with pytest.raises(openai.RateLimitError) as exc:
+        client(metered, key).images.generate(**LOW)
+    assert exc.value.status_code == 429
+    assert exc.value.code == "insufficient_quota" and exc.value.type == "insufficient_quota"
+    assert exc.value.response.headers["x-should-retry"] == "false"
+    assert list((metered.settings.data_dir / "images").iterdir()) == []
+    t = totals(metered, "poor")
+    assert t["balance"] == 11_000 and t["hold"] == 0 and t["settle"] == 0
+    rows = admin(metered, "GET", "/usage", params={"account": "poor"}).json()["data"]
+    assert [(r["status"], r["error_code"], r["cost_micro"]) for r in rows] == [("refused", "insufficient_quota", 0)]
+
+
+def test_quote_runs_nothing_and_matches_the_charge(metered):
+    key = new_account(metered, "acme", "5")
+    body = {"model": "gpt-image-2", "prompt": "a city at night", "size": "2048x1152", "quality": "medium", "n": 2}
+    answer = httpx.post(f"{metered.base_url}/images/quote", json=body,
+                        headers={"Authorization": f"Bearer {key}"}).json()
+    assert answer["method"] == "tokens" and answer["n"] == 2
+    assert answer["usage_estimate"]["output_tokens"] == 2 * 1413
+    assert {line["item"] for line in answer["lines"]} == {"text_in", "image_out"}
+    assert answer["cost"]["credits"] == round(answer["cost"]["micro_usd"] * 0.071, 2)
+    assert totals(metered, "acme")["hold"] == 0
+    raw = client(metered, key).images.with_raw_response.generate(**body)
+    assert raw.headers["x-imagegate-cost"] == answer["cost"]["usd"]
+
+
+def test_keys_revoked_expired_unknown_are_401_saying_so(metered):
+    key = new_account(metered, "acme", "1")
+    expired = admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "2020-01-01T00:00:00Z"}).json()
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client(metered, expired["key"]).images.generate(**LOW)
+    assert exc.value.code == "api_key_expired" and "expired on 2020-01-01" in exc.value.message
+    assert admin(metered, "POST", f"/keys/{key[:12]}/revoke").json()["state"] == "revoked"
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client(metered, key).images.generate(**LOW)
+    assert exc.value.code == "api_key_revoked" and "revoked" in exc.value.message
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client(metered, "sk-ig-" + "x" * 43).images.generate(**LOW)
+    assert exc.value.code == "invalid_api_key"
+    assert totals(metered, "acme")["hold"] == 0
+
+
+def test_allowed_models_and_the_keys_own_limit(metered):
+    key = new_account(metered, "acme", "10", allowed_models=["gpt-image-1"], spend_limit="0.02")
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        client(metered, key).images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
+    assert exc.value.code == "model_not_allowed"
+    client(metered, key).images.generate(**LOW)
+    with pytest.raises(openai.RateLimitError) as exc:
+        client(metered, key).images.generate(**LOW)  # 0.011025 spent; another does not fit in 0.02
+    assert exc.value.code == "insufficient_quota" and "spend limit" in exc.value.message
+
+
+class _Partial:
+    """Delivers fewer images than asked, as an upstream whose moderation dropped some (seed 000)."""
+
+    name = "sandbox"
+
+    def __init__(self, inner, deliver: int):
+        self.inner, self.deliver = inner, deliver
+
+    async def run(self, job):
+        async for event in self.inner.run(job):
+            if isinstance(event, ImageDone) and event.image_index >= self.deliver:
+                continue
+            if isinstance(event, JobDone):
+                continue  # no usage reported: billing falls back to the tables for what was delivered
+            yield event
+
+    async def aclose(self):
+        return None
+
+
+class _Failing:
+    name = "sandbox"
+
+    async def run(self, job):
+        await asyncio.sleep(0.01)
+        raise EngineError("The engine fell over before drawing anything.", code="engine_crashed")
+        yield  # pragma: no cover
+
+    async def aclose(self):
+        return None
+
+
+def test_four_asked_three_delivered_pays_for_three(metered):
+    key = new_account(metered, "acme", "1")
+    gateway = metered.app.state.gateway
+    gateway.engines["sandbox"] = _Partial(gateway.engines["sandbox"], deliver=3)
+    raw = client(metered, key).images.with_raw_response.generate(**{**LOW, "quality": "medium", "n": 4})
+    assert len(raw.parse().data) == 3
+    assert raw.headers["x-imagegate-cost"] == "0.126025"  # 3 x $0.042 + 5 prompt tokens
+    row = admin(metered, "GET", "/usage").json()["data"][0]
+    assert (row["n_asked"], row["n_delivered"], row["quote_micro"], row["cost_micro"]) == (4, 3, 168_025, 126_025)
+    assert_books_balance(settled(metered, "acme"))
+
+
+def test_engine_failure_is_refunded_by_default(metered):
+    key = new_account(metered, "acme", "1")
+    metered.app.state.gateway.engines["sandbox"] = _Failing()
+    with pytest.raises(openai.APIStatusError) as exc:
+        client(metered, key).images.generate(**LOW)
+    assert exc.value.status_code == 502 and exc.value.code == "engine_crashed"
+    t = settled(metered, "acme")
+    assert t["balance"] == 1_000_000 and t["settle"] == 0 and t["release"] == t["hold"] == 11_025
+    row = admin(metered, "GET", "/usage").json()["data"][0]
+    assert (row["status"], row["error_code"], row["n_delivered"], row["cost_micro"]) == (
+        "error", "engine_crashed", 0, 0)
+
+
+def test_engine_failure_is_charged_under_the_charge_policy(backend, tmp_path):  # noqa: F811
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[failure_policy]\nsandbox = "charge"\n')
+    url, drop = fresh_url(backend, tmp_path)
+    live = start_metered(tmp_path, url, price_file=prices)
+    try:
+        key = new_account(live, "acme", "1")
+        live.app.state.gateway.engines["sandbox"] = _Failing()
+        with pytest.raises(openai.APIStatusError):
+            client(live, key).images.generate(**LOW)
+        t = settled(live, "acme")
+        assert t["settle"] == 11_025 and t["balance"] == 1_000_000 - 11_025
+        assert_books_balance(t)
+    finally:
+        live.stop()
+        drop()
+
+
+def test_a_stream_settles_once_with_its_partial_images(metered):
+    key = new_account(metered, "acme", "1")
+    body = {**LOW, "stream": True, "partial_images": 2}
+    expected = quote(metered, key, body)
+    assert expected == 11_025 + 200 * 40  # two partial images, 100 output tokens each at $40/M
+    with client(metered, key).images.with_streaming_response.generate(**body) as response:
+        assert response.headers["x-imagegate-quote"] == f"0.{expected:06d}"
+        assert response.headers["x-imagegate-balance"] == f"0.{1_000_000 - expected:06d}"
+        events = [line for line in response.iter_lines() if line.startswith("event:")]
+    assert events.count("event: image_generation.partial_image") == 2
+    t = settled(metered, "acme")
+    assert t["settle"] == expected and t["balance"] == 1_000_000 - expected
+    assert_books_balance(t)
+
+
+def test_chat_image_models_are_charged_per_call(metered):
+    key = new_account(metered, "acme", "1")
+    raw = client(metered, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-image-vip", messages=[{"role": "user", "content": "a poster, 2:3"}])
+    assert raw.headers["x-imagegate-cost"] == "0.009000"
+    assert "![gen_" in raw.parse().choices[0].message.content
+    assert settled(metered, "acme")["settle"] == 9000
+
+
+def test_a_client_that_leaves_is_charged_once_for_the_delivered_image(backend, tmp_path):  # noqa: F811
+    url, drop = fresh_url(backend, tmp_path)
+    live = start_metered(tmp_path, url, sandbox_latency_ms=800)
+    try:
+        key = new_account(live, "acme", "1")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{live.base_url}/images/generations", json=LOW, headers={"Authorization": f"Bearer {key}"},
+                       timeout=httpx.Timeout(30, read=0.3))
+        deadline = time.monotonic() + 30
+        while True:  # the work goes on without the client; its task settles when it is done
+            rows = admin(live, "GET", "/usage").json()["data"]
+            if rows and rows[0]["status"] != "running":
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+        assert (rows[0]["status"], rows[0]["n_delivered"], rows[0]["cost_micro"]) == ("ok", 1, 11_025)
+        t = totals(live, "acme")
+        assert t["settle"] == 11_025 and t["open_holds"] == 0
+        assert_books_balance(t)
+    finally:
+        live.stop()
+        drop()
+
+
+def test_static_keys_stay_unmetered_beside_accounts(metered):
+    raw = client(metered, TEST_KEY).images.with_raw_response.generate(**LOW)
+    assert raw.headers["x-imagegate-cost"] == "0.011025"  # what it would cost; nobody is charged
+    assert "x-imagegate-balance" not in raw.headers
+    balance = httpx.get(f"{metered.base_url}/balance", headers={"Authorization": f"Bearer {TEST_KEY}"}).json()
+    assert balance["metered"] is False
+    row = admin(metered, "GET", "/usage").json()["data"][0]
+    assert (row["metered"], row["account"], row["status"]) == (False, None, "ok")
+
+
+def test_price_groups_multiply_an_accounts_prices(backend, tmp_path):  # noqa: F811
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[groups]\nhalf = 0.5\n")
+    url, drop = fresh_url(backend, tmp_path)
+    live = start_metered(tmp_path, url, price_file=prices)
+    try:
+        key = new_account(live, "acme", "1")
+        assert admin(live, "PATCH", "/accounts/acme", json={"group": "gold"}).status_code == 400
+        assert admin(live, "PATCH", "/accounts/acme", json={"group": "half"}).json()["group"] == "half"
+        raw = client(live, key).images.with_raw_response.generate(**LOW)
+        assert raw.headers["x-imagegate-cost"] == "0.005513"  # 11,025 / 2 = 5,512.5, rounded half up once
+    finally:
+        live.stop()
+        drop()
+
+
+def test_admin_api_guards_and_validates(metered):
+    no_token = httpx.get(f"{metered.root}/admin/accounts")
+    assert no_token.status_code == 401 and no_token.json()["error"]["code"] == "missing_api_key"
+    wrong = httpx.get(f"{metered.root}/admin/accounts", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_admin_token"
+    # An API key is not an admin token.
+    key = new_account(metered, "acme", "1")
+    assert httpx.get(f"{metered.root}/admin/accounts", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    for amount, why in [(-5, "negative"), (0, "more than 0"), ("1e12", "allowed at once"), ("abc", "expected"),
+                        (True, "expected"), ("0.0000001", "decimal places"), (None, "expected")]:
+        answer = admin(metered, "POST", "/accounts/acme/topups", json={"amount": amount})
+        assert answer.status_code == 400 and why in answer.json()["error"]["message"], (amount, answer.text)
+        assert answer.json()["error"]["param"] == "amount"
+    assert admin(metered, "POST", "/accounts/nobody/topups", json={"amount": 1}).status_code == 404
+    assert admin(metered, "POST", "/accounts", json={"name": "acme"}).status_code == 409
+    assert admin(metered, "POST", "/accounts", json={"name": "bad name!"}).status_code == 400
+    assert admin(metered, "POST", "/accounts", json={"name": "neg", "balance": "-1"}).status_code == 400
+    assert admin(metered, "POST", "/keys", json={"account": "nobody"}).status_code == 404
+    assert admin(metered, "POST", "/keys", json={"account": "acme", "allowed_models": ["nope"]}).status_code == 400
+    assert admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "soon"}).status_code == 400
+    assert admin(metered, "POST", "/keys/sk-ig-nothere/revoke").status_code == 404
+    topped = admin(metered, "POST", "/accounts/acme/topups", json={"amount": "2.5", "note": "invoice 7"}).json()
+    assert topped["balance"]["usd"] == "3.500000" and topped["balance"]["credits"] == 248_500.0
+    shown = admin(metered, "GET", "/accounts/acme").json()
+    assert [k["prefix"] for k in shown["keys"]] == [key[:12]] and "key" not in shown["keys"][0]
+    assert admin(metered, "GET", "/keys").json()["data"][0]["prefix"] == key[:12]
+    ledger = admin(metered, "GET", "/accounts/acme/ledger").json()["data"]
+    assert [(e["kind"], e["amount_micro"], e["note"]) for e in ledger] == [
+        ("topup", 2_500_000, "invoice 7"), ("topup", 1_000_000, "opening balance")]
+    prices = admin(metered, "GET", "/prices").json()
+    assert prices["models"]["gpt-image-1"]["per_image_usd"]["low"]["1024x1024"] == "0.011"
+    assert prices["models"]["gpt-4o-image"]["per_call_usd"] == "0.005"
+    assert admin(metered, "POST", "/prices/reload").status_code == 200
+
+
+def test_admin_api_is_off_without_a_token(backend, tmp_path):  # noqa: F811
+    url, drop = fresh_url(backend, tmp_path)
+    live = start_metered(tmp_path, url, admin_token="")
+    try:
+        answer = httpx.get(f"{live.root}/admin/accounts", headers={"Authorization": "Bearer x"})
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "admin_disabled"
+    finally:
+        live.stop()
+        drop()
+
+
+def test_unmetered_server_has_no_database(tmp_path):
+    from tests.servers import start_server
+
+    live = start_server(tmp_path / "data", guard_policy="off")
+    try:
+        raw = client(live, TEST_KEY).images.with_raw_response.generate(**LOW)
+        assert raw.headers["x-imagegate-cost"] == "0.011025" and "x-imagegate-balance" not in raw.headers
+        assert not (tmp_path / "data" / "imagegate.db").exists()
+        assert httpx.get(f"{live.root}/admin/accounts", headers={"Authorization": "Bearer x"}).status_code == 403
+    finally:
+        live.stop()
+
+
+def test_images_never_reach_the_usage_log(metered):
+    key = new_account(metered, "acme", "5")
+    result = client(metered, key).images.generate(**{**LOW, "n": 2})
+    b64 = result.data[0].b64_json
+    dump = json.dumps(admin(metered, "GET", "/usage").json())
+    assert b64[:64] not in dump and base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
