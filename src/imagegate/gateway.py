@@ -133,10 +133,20 @@ class Gateway:
         }
         self._tasks: set[asyncio.Task] = set()
 
-    async def preflight(self, request: ImageRequest, *, policy: str | None = None) -> ImageRequest:
+    async def preflight(
+        self, request: ImageRequest, principal: object | None = None, *, endpoint: str = "images"
+    ) -> ImageRequest:
         """Checks that must refuse before anything is spent: the prompt guard's rules, then the optional
-        moderation endpoint. ``policy`` overrides the deployment's guard policy (a key's own policy)."""
-        policy = policy or self.guard_policy
+        moderation endpoint. A key may carry its own guard policy over the deployment's."""
+        try:
+            return await self._preflight(request, getattr(principal, "guard_policy", None) or self.guard_policy)
+        except ModerationBlocked as exc:
+            if self.billing is not None:
+                categories = tuple(exc.extra.get("moderation_details", {}).get("categories", ()))
+                await self.billing.log_blocked(request, principal, endpoint=endpoint, categories=categories)  # type: ignore[arg-type]
+            raise
+
+    async def _preflight(self, request: ImageRequest, policy: str) -> ImageRequest:
         if policy == "off":
             return request
         if self.guard is not None:

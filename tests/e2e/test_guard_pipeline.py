@@ -148,3 +148,30 @@ def test_second_stage_moderation_endpoint(tmp_path):
     finally:
         live.stop()
         moderation.close()
+
+
+def test_blocked_request_costs_nothing_and_is_logged_with_its_category(tmp_path):
+    from tests.billing.live import admin, client as metered_client, new_account, settled, start_metered
+    from tests.db.backends import fresh_url
+
+    url, drop = fresh_url("sqlite", tmp_path)
+    live = start_metered(tmp_path, url, guard_policy="block")
+    try:
+        strict = new_account(live, "acme", "1")
+        with pytest.raises(openai.BadRequestError):
+            metered_client(live, strict).images.generate(model="gpt-image-1", prompt="Makoto Shinkai skies")
+        books = settled(live, "acme")
+        assert books["hold"] == 0 and books["settle"] == 0 and books["balance"] == 1_000_000
+        rows = admin(live, "GET", "/usage", params={"account": "acme"}).json()["data"]
+        assert [(r["status"], r["error_code"], r["cost_micro"]) for r in rows] == [
+            ("refused", "moderation_blocked:living_artist", 0)]
+        # A key may carry its own policy: this one rewrites instead of refusing.
+        made = admin(live, "POST", "/keys", json={"account": "acme", "guard_policy": "rewrite"})
+        assert made.status_code == 201 and made.json()["guard_policy"] == "rewrite"
+        result = metered_client(live, made.json()["key"]).images.generate(
+            model="gpt-image-1", prompt="Makoto Shinkai skies", size="1024x1024", quality="low")
+        assert "Shinkai" not in result.data[0].revised_prompt
+        assert admin(live, "POST", "/keys", json={"account": "acme", "guard_policy": "maybe"}).status_code == 400
+    finally:
+        live.stop()
+        drop()

@@ -81,6 +81,7 @@ def key_dict(key: ApiKey, billing: Billing) -> dict[str, Any]:
         "revoked_at": key.revoked_at,
         "last_used_at": key.last_used_at,
         "allowed_models": list(key.allowed_models) if key.allowed_models is not None else None,
+        "guard_policy": key.guard_policy,
         "spend_limit": amount_dict(key.spend_limit_micro, rate) if key.spend_limit_micro is not None else None,
         "spent": amount_dict(key.spent_micro, rate),
     }
@@ -176,10 +177,14 @@ async def create_key(request: Request) -> Any:
         unknown = [m for m in models if request.app.state.catalog.get(m) is None]
         if unknown:
             raise InvalidRequest(f"Invalid 'allowed_models': unknown model '{unknown[0]}'.", param="allowed_models")
+    guard_policy = body.get("guard_policy")
+    if guard_policy not in (None, "block", "rewrite", "off"):
+        raise InvalidRequest("Invalid 'guard_policy': expected 'block', 'rewrite' or 'off'.", param="guard_policy")
     limit = body.get("spend_limit")
     key, secret = await _store(request).create_key(
         account, name=name, expires_at=parse_expiry(body.get("expires_at")), allowed_models=models,
         spend_limit_micro=money(limit, "spend_limit", allow_zero=True) if limit is not None else None,
+        guard_policy=guard_policy,
     )
     return {**key_dict(key, billing), "key": secret}
 

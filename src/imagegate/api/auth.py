@@ -22,6 +22,7 @@ class Principal:
     key_id: int | None = None
     group: str = "default"  # the account's price group (multiplier in the price book)
     allowed_models: tuple[str, ...] | None = None  # None: every model
+    guard_policy: str | None = None  # the key's own prompt-guard policy; None: the deployment's
 
 
 class KeyStore(Protocol):

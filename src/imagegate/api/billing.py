@@ -55,7 +55,7 @@ class DbKeys:
             raise AuthenticationFailed(f"This API key ({key.prefix}...) expired on {when}.", code="api_key_expired")
         return Principal(
             key_prefix=key.prefix, account=account.name, metered=True, account_id=account.id, key_id=key.id,
-            group=account.group, allowed_models=key.allowed_models,
+            group=account.group, allowed_models=key.allowed_models, guard_policy=key.guard_policy,
         )
 
 

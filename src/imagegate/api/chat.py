@@ -173,7 +173,7 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     try:
-        image_request = await state.gateway.preflight(image_request, policy=getattr(principal, "guard_policy", None))
+        image_request = await state.gateway.preflight(image_request, principal, endpoint="chat")
     except ModerationBlocked as exc:
         # A chat client shows assistant messages, not error envelopes: explain the refusal in the conversation.
         return _refusal(completion_id, model_id, created, _blocked_text(exc), stream)

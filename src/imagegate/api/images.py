@@ -103,9 +103,7 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     image_request = validate(
         raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
-    image_request = await state.gateway.preflight(
-        image_request, policy=getattr(getattr(request.state, "principal", None), "guard_policy", None)
-    )
+    image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))
     run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
     if not isinstance(run, Run):
         return run

@@ -47,6 +47,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expires", default=None, help="'30d', an ISO time with a zone, or unix seconds")
     p.add_argument("--models", default=None, help="comma-separated model ids this key may use")
     p.add_argument("--limit", default=None, help="the key's own spend limit in USD")
+    p.add_argument("--guard-policy", choices=("block", "rewrite", "off"), default=None,
+                   help="the key's own prompt-guard policy (default: the server's)")
     p = common(keys.add_parser("list", help="keys (prefixes only; secrets are never stored)"))
     p.add_argument("--account", default=None)
     p.add_argument("--json", action="store_true")
@@ -205,6 +207,7 @@ async def _key_create(store, args, out, prices) -> int:
     key, secret = await store.create_key(
         args.account, name=args.name, expires_at=parse_expiry(expires, "--expires"), allowed_models=models,
         spend_limit_micro=money(args.limit, "--limit", allow_zero=True) if args.limit is not None else None,
+        guard_policy=args.guard_policy,
     )
     print(f"created key {key.prefix}... for account {key.account_name}"
           + (f" ({key.name})" if key.name else "") + f", expires {_when(key.expires_at)}")

@@ -171,6 +171,21 @@ class Billing:
                 self._inflight[(idempotency.scope, idempotency.key)] = asyncio.Event()
         return ticket
 
+    async def log_blocked(self, request: "ImageRequest", payer: Payer | None, *, endpoint: str,
+                          categories: tuple[str, ...]) -> None:
+        """A request the prompt guard refused: no hold, no charge, one usage row naming the categories."""
+        if self.store is None:
+            return
+        job = request.job
+        metered = payer is not None and payer.metered
+        meta = UsageMeta(
+            request_id=job.request_id, endpoint=endpoint, model=job.model.id, engine=job.model.engine,
+            operation=job.operation, size=str(job.size), quality=job.quality, stream=request.stream, n_asked=job.n,
+            key_prefix=payer.key_prefix if payer is not None else "", account_id=payer.account_id if metered else None,
+            metered=metered, quote_micro=0,
+        )
+        await self.store.log_refused(meta, ("moderation_blocked:" + ",".join(categories))[:64])
+
     @contextlib.asynccontextmanager
     async def _claiming(self, idempotency: Idempotency | None) -> AsyncIterator[None]:
         """Per key, in this process: claiming a key and registering its in-flight run happen as one step."""

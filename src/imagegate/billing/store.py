@@ -64,6 +64,7 @@ class ApiKey:
     spend_limit_micro: int | None
     spent_micro: int
     held_micro: int
+    guard_policy: str | None = None
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None or not self.enabled:
@@ -133,7 +134,7 @@ def _api_key(row: Any) -> ApiKey:
     return ApiKey(
         row.id, row.account_id, row.account_name, row.prefix, row.name, bool(row.enabled), row.created_at,
         row.expires_at, row.revoked_at, row.last_used_at, allowed, row.spend_limit_micro, row.spent_micro,
-        row.held_micro,
+        row.held_micro, row.guard_policy,
     )
 
 
@@ -230,6 +231,7 @@ class BillingStore:
         expires_at: float | None = None,
         allowed_models: Sequence[str] | None = None,
         spend_limit_micro: int | None = None,
+        guard_policy: str | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key for the account; the secret is returned here and never again (only its hash is kept)."""
         account = await self.account(account_name)
@@ -241,7 +243,7 @@ class BillingStore:
                         account_id=account.id, prefix=secret[:PREFIX_CHARS], key_hash=hash_key(secret), name=name,
                         enabled=True, created_at=time.time(), expires_at=expires_at,
                         allowed_models=json.dumps(list(allowed_models)) if allowed_models is not None else None,
-                        spend_limit_micro=spend_limit_micro, spent_micro=0, held_micro=0,
+                        spend_limit_micro=spend_limit_micro, spent_micro=0, held_micro=0, guard_policy=guard_policy,
                     ))
             except IntegrityError:
                 continue  # a prefix collision: draw again

@@ -51,6 +51,7 @@ api_keys = sa.Table(
     sa.Column("revoked_at", Time, nullable=True),
     sa.Column("last_used_at", Time, nullable=True),
     sa.Column("allowed_models", sa.Text, nullable=True),  # JSON array; NULL: every model
+    sa.Column("guard_policy", sa.String(16), nullable=True),  # block | rewrite | off; NULL: the deployment's
     sa.Column("spend_limit_micro", Money, nullable=True),  # NULL: only the account balance limits it
     sa.Column("spent_micro", Money, nullable=False, server_default="0"),
     sa.Column("held_micro", Money, nullable=False, server_default="0"),

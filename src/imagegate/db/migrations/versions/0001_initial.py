@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("revoked_at", Time, nullable=True),
         sa.Column("last_used_at", Time, nullable=True),
         sa.Column("allowed_models", sa.Text, nullable=True),
+        sa.Column("guard_policy", sa.String(16), nullable=True),
         sa.Column("spend_limit_micro", sa.BigInteger, nullable=True),
         sa.Column("spent_micro", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("held_micro", sa.BigInteger, nullable=False, server_default="0"),

@@ -1,0 +1,99 @@
+"""Relayed requests are charged for what was delivered: nothing when an upstream fails, unless the channel's
+policy is `charge` (an upstream that bills failed calls), and once when a retry or failover succeeds."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.billing.live import assert_books_balance, client, new_account, quote, settled, start_metered
+from tests.db.backends import fresh_url
+from tests.fault_upstream import FaultUpstream, Reply, error_body, ok_body
+
+BODY = {"model": "gpt-image-1", "prompt": "a fault", "size": "1024x1024", "quality": "low"}
+SERVER_ERROR = Reply(500, error_body("The server had an error", "server_error", "server_error"))
+
+
+def _channel(name, upstream, **extra):
+    return {"name": name, "base_url": upstream.base_url, "api_key": "k", "models": ["gpt-image-1"], **extra}
+
+
+@pytest.fixture
+def faults():
+    upstream = FaultUpstream()
+    yield upstream
+    upstream.close()
+
+
+def _run(tmp_path, channels, expect_error: bool):
+    url, drop = fresh_url("sqlite", tmp_path)
+    live = start_metered(tmp_path, url, channels=tuple(channels))
+    try:
+        key = new_account(live, "acme", "1")
+        cost = quote(live, key, BODY)
+        if expect_error:
+            with pytest.raises(openai.APIStatusError) as exc:
+                client(live, key).images.generate(**BODY)
+            error = exc.value
+        else:
+            client(live, key).images.generate(**BODY)
+            error = None
+        books = settled(live, "acme")
+        assert_books_balance(books)
+        return cost, books, error
+    finally:
+        live.stop()
+        drop()
+
+
+@pytest.mark.parametrize(
+    "reply, status",
+    [
+        (SERVER_ERROR, 500),
+        (Reply(hang=True), 504),
+        (Reply(200, b'{"created": 1, "data": [{"b64_json": "'), 502),
+        (Reply(400, error_body("Your request was rejected by the safety system.", "image_generation_user_error",
+                               "moderation_blocked")), 400),
+    ],
+    ids=["500", "hang", "truncated-json", "moderation-blocked"],
+)
+def test_failed_relay_costs_nothing_by_default(faults, tmp_path, reply, status):
+    faults.default = reply
+    cost, books, error = _run(tmp_path, [_channel("f", faults, timeout_s=1.0)], expect_error=True)
+    assert error.status_code == status
+    assert books["settle"] == 0 and books["balance"] == 1_000_000 and books["release"] == cost
+
+
+def test_failed_relay_is_charged_under_the_channels_charge_policy(faults, tmp_path):
+    faults.default = SERVER_ERROR
+    cost, books, _ = _run(tmp_path, [_channel("f", faults, failure_policy="charge")], expect_error=True)
+    assert books["settle"] == cost and books["balance"] == 1_000_000 - cost
+
+
+def test_nothing_generated_is_never_charged_even_under_the_charge_policy(faults, tmp_path):
+    faults.default = Reply(503, error_body("overloaded", "server_error", "overloaded"))
+    cost, books, error = _run(tmp_path, [_channel("f", faults, failure_policy="charge", max_retries=1)],
+                              expect_error=True)
+    assert error.status_code == 503 and faults.calls() == 2
+    assert books["settle"] == 0
+
+
+def test_retry_and_failover_charge_once(faults, tmp_path):
+    backup = FaultUpstream()
+    faults.script.append(Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"), {"retry-after": "0"}))
+    faults.default = Reply(503, error_body("overloaded", "server_error", "overloaded"))
+    try:
+        cost, books, _ = _run(tmp_path, [_channel("primary", faults, priority=1, max_retries=1),
+                                         _channel("backup", backup)], expect_error=False)
+        assert faults.calls() == 2 and backup.calls() == 1
+        assert 0 < books["settle"] <= cost and books["hold"] == cost  # one hold, settled once
+    finally:
+        backup.close()
+
+
+def test_upstream_usage_is_what_is_charged(faults, tmp_path):
+    usage = {"input_tokens": 2, "input_tokens_details": {"text_tokens": 2, "image_tokens": 0}, "output_tokens": 272,
+             "total_tokens": 274}
+    faults.default = Reply(200, ok_body(usage=usage))
+    cost, books, _ = _run(tmp_path, [_channel("f", faults)], expect_error=False)
+    assert books["settle"] == 11_000 + 2 * 5  # the per-image price plus the upstream's 2 prompt tokens at $5/M
