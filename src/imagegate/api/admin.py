@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from imagegate.api.auth import bearer_token
+from imagegate.api.wire import json_body
 from imagegate.billing import Billing, load_price_book
 from imagegate.billing.inputs import check_name, money, parse_expiry
 from imagegate.billing.money import amount_dict
@@ -40,9 +41,8 @@ def _store(request: Request) -> BillingStore:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    from imagegate.api.images import _json_body
 
-    return await _json_body(request)
+    return await json_body(request)
 
 
 def check_group(billing: Billing, group: Any) -> str:

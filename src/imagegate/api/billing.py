@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from imagegate.api.auth import Principal, StaticKeys, require_principal
 from imagegate.api.render import FastJSONResponse, StreamRenderer, images_response
+from imagegate.api.wire import base_url, content_type, json_body
 from imagegate.billing import Billing, Idempotency
 from imagegate.billing.money import amount_dict, usd
 from imagegate.billing.store import KEY_PREFIX, BillingStore
@@ -188,9 +189,8 @@ async def _replay(
 
         return StreamingResponse(replay_stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", **headers})
-    from imagegate.api.images import _base_url
 
-    body = images_response(image_request, result, storage=state.storage, base_url=_base_url(request))
+    body = images_response(image_request, result, storage=state.storage, base_url=base_url(request))
     body["created"] = stored.get("created", body["created"])
     return FastJSONResponse(body, headers=headers)
 
@@ -201,12 +201,11 @@ async def _replay(
 @router.post("/v1/images/quote")
 async def quote(request: Request, principal: Principal = Depends(require_principal)) -> Any:
     """What a generation with this body would cost at most, without running it (same body as generations)."""
-    from imagegate.api.images import _content_type, _json_body
 
-    if _content_type(request) not in ("application/json", ""):
+    if content_type(request) not in ("application/json", ""):
         raise UnsupportedMediaType("Unsupported Content-Type: /v1/images/quote takes the generations JSON body.")
     state = request.app.state
-    body = await _json_body(request)
+    body = await json_body(request)
     image_request = validate(
         RawRequest("generate", body), state.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,

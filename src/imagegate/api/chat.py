@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, stream_headers
-from imagegate.api.images import _base_url, _json_body
+from imagegate.api.wire import base_url, json_body
 from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked
@@ -140,7 +140,7 @@ def _prompt_block(run: Run) -> str:
 
 def _image_markdown(request: Request, stored_images: list) -> str:
     storage = request.app.state.storage
-    base = _base_url(request)
+    base = base_url(request)
     parts = []
     for stored in stored_images:
         url = storage.url(base, stored)
@@ -155,7 +155,7 @@ def _blocked_text(exc: ModerationBlocked) -> str:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, principal: Principal = Depends(require_principal)) -> Any:
     state = request.app.state
-    body = await _json_body(request)
+    body = await json_body(request)
     model_id = body.get("model")
     if not isinstance(model_id, str) or state.catalog.get(model_id) is None:
         raise InvalidRequest(

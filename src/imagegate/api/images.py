@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
@@ -13,6 +12,7 @@ from starlette.formparsers import MultiPartException
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, start_run, stream_headers
+from imagegate.api.wire import base_url, content_type, json_body
 from imagegate.api.render import FastJSONResponse, StreamRenderer, images_response
 from imagegate.engines.base import ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
@@ -22,23 +22,6 @@ from imagegate.validate import RawRequest, decode_image_reference, validate
 router = APIRouter()
 
 MAX_MULTIPART_FILES = 32
-
-
-def _content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 async def _multipart(request: Request, settings) -> RawRequest:
@@ -92,11 +75,6 @@ def _json_edit(body: dict[str, Any]) -> RawRequest:
     return RawRequest("edit", fields, multipart=False, images=images, mask=mask)
 
 
-def _base_url(request: Request) -> str:
-    configured = request.app.state.settings.public_base_url
-    return configured or str(request.base_url)
-
-
 async def _respond(request: Request, raw: RawRequest) -> Any:
     state = request.app.state
     settings = state.settings
@@ -118,7 +96,7 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     except BaseException:
         run.abandon()
         raise
-    body = images_response(image_request, result, storage=state.storage, base_url=_base_url(request))
+    body = images_response(image_request, result, storage=state.storage, base_url=base_url(request))
     return FastJSONResponse(body, headers=cost_headers(run))
 
 
@@ -143,21 +121,21 @@ async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:
 
 @router.post("/v1/images/generations")
 async def generations(request: Request, principal: Principal = Depends(require_principal)) -> Any:
-    if _content_type(request) not in ("application/json", ""):
+    if content_type(request) not in ("application/json", ""):
         raise UnsupportedMediaType(
-            f"Unsupported Content-Type '{_content_type(request)}': /v1/images/generations takes application/json."
+            f"Unsupported Content-Type '{content_type(request)}': /v1/images/generations takes application/json."
         )
-    body = await _json_body(request)
+    body = await json_body(request)
     return await _respond(request, RawRequest("generate", body))
 
 
 @router.post("/v1/images/edits")
 async def edits(request: Request, principal: Principal = Depends(require_principal)) -> Any:
-    content_type = _content_type(request)
+    content_type = content_type(request)
     if content_type == "multipart/form-data":
         raw = await _multipart(request, request.app.state.settings)
     elif content_type == "application/json":
-        raw = _json_edit(await _json_body(request))
+        raw = _json_edit(await json_body(request))
     else:
         raise UnsupportedMediaType(
             f"Unsupported Content-Type '{content_type or 'none'}': /v1/images/edits takes multipart/form-data "

@@ -1,0 +1,32 @@
+"""Reading request bodies, shared by every route: content type, a JSON object body, the public base URL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from imagegate.errors import InvalidRequest
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def base_url(request: Request) -> str:
+    """Where our signed links point: the configured public URL, else the request's own host."""
+    return request.app.state.settings.public_base_url or str(request.base_url)
