@@ -131,14 +131,14 @@ async def generations(request: Request, principal: Principal = Depends(require_p
 
 @router.post("/v1/images/edits")
 async def edits(request: Request, principal: Principal = Depends(require_principal)) -> Any:
-    content_type = content_type(request)
-    if content_type == "multipart/form-data":
+    kind = content_type(request)
+    if kind == "multipart/form-data":
         raw = await _multipart(request, request.app.state.settings)
-    elif content_type == "application/json":
+    elif kind == "application/json":
         raw = _json_edit(await json_body(request))
     else:
         raise UnsupportedMediaType(
-            f"Unsupported Content-Type '{content_type or 'none'}': /v1/images/edits takes multipart/form-data "
+            f"Unsupported Content-Type '{kind or 'none'}': /v1/images/edits takes multipart/form-data "
             "(image, image[], mask files) or application/json (images: [{image_url}])."
         )
     return await _respond(request, raw)
