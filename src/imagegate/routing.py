@@ -48,22 +48,35 @@ class Channel:
     def name(self) -> str:
         return self.config.name
 
+    probing: bool = False
+
     def is_open(self, now: float) -> bool:
-        """An open circuit refuses traffic until its cool-down passes; then one probe is let through."""
+        """An open circuit refuses traffic until its cool-down passes; then a single probe is let through, and
+        the rest wait for its outcome."""
         if self.opened_at is None:
             return False
-        return now - self.opened_at < self.config.circuit_cooldown_s
+        return now - self.opened_at < self.config.circuit_cooldown_s or self.probing
+
+    def begin(self) -> None:
+        if self.opened_at is not None:
+            self.probing = True
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0
         self.opened_at = None
+        self.probing = False
 
     def failed(self, now: float) -> None:
+        self.probing = False
         self.consecutive_failures += 1
         if self.consecutive_failures >= self.config.circuit_failures:
-            if self.opened_at is None or not self.is_open(now):
+            if self.opened_at is None or now - self.opened_at >= self.config.circuit_cooldown_s:
                 log.warning("circuit opened for channel %s after %d failures", self.name, self.consecutive_failures)
             self.opened_at = now
+
+    def settled_without_verdict(self) -> None:
+        """A failure that says nothing about the channel's health (the client's own 4xx): a probe is over."""
+        self.probing = False
 
     def can_serve(self, job: Job) -> bool:
         c = self.config
@@ -76,6 +89,13 @@ class Channel:
         if c.sizes is not None and str(job.size) not in c.sizes:
             return False
         return True
+
+
+def health_failure(exc: UpstreamError) -> bool:
+    """Failures that say the channel is unwell: unreachable, timing out, overloaded, erroring, misconfigured.
+    A client's own 4xx (a refused prompt, a bad parameter) says nothing about it and must not let one user open
+    the circuit for everyone."""
+    return exc.status >= 500 or exc.status == 429
 
 
 class Router:
@@ -134,6 +154,7 @@ class Router:
             attempt = 0
             while True:
                 produced = False
+                channel.begin()
                 try:
                     async with channel.limiter:
                         async for event in channel.engine.run(job):
@@ -142,7 +163,10 @@ class Router:
                     channel.succeeded()
                     return
                 except UpstreamError as exc:
-                    channel.failed(self.clock())
+                    if health_failure(exc):
+                        channel.failed(self.clock())
+                    else:
+                        channel.settled_without_verdict()
                     last_error = exc
                     safe = exc.nothing_generated or (channel.config.retry_after_send and exc.status in (502, 504))
                     if produced or not safe:
@@ -155,6 +179,9 @@ class Router:
                         continue
                     log.info("failing over from channel %s after %s", channel.name, exc.code)
                     break
+                except BaseException:
+                    channel.settled_without_verdict()  # an engine bug or a cancellation: no verdict, probe over
+                    raise
         assert last_error is not None
         raise last_error
 

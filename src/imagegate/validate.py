@@ -7,6 +7,8 @@ and saying what is allowed.
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import binascii
 import re
@@ -33,6 +35,7 @@ _RELAYED = {
     "safety_identifier", "complexity", "input_fidelity",
 }
 MAX_PARTIAL_IMAGES = 3
+TOTAL_PIXEL_FACTOR = 2.5  # all input images together: this many times the per-image pixel limit
 MAX_IDENTIFIER_CHARS = 256
 
 
@@ -291,6 +294,16 @@ def validate(
     )
 
 
+async def validate_request(
+    raw: RawRequest, catalog: Catalog, *, max_input_pixels: int, max_image_bytes: int
+) -> ImageRequest:
+    """validate(), on a worker thread when there are uploads: decoding megapixels would stall the event loop."""
+    limits = {"max_input_pixels": max_input_pixels, "max_image_bytes": max_image_bytes}
+    if raw.images or raw.mask is not None:
+        return await asyncio.to_thread(validate, raw, catalog, **limits)
+    return validate(raw, catalog, **limits)
+
+
 def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_image_bytes: int):
     if not raw.images:
         raise MissingParameter("image")
@@ -299,6 +312,17 @@ def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_im
             f"Too many images: model '{model.id}' takes at most {model.max_input_images} input image"
             f"{'s' if model.max_input_images != 1 else ''}, but got {len(raw.images)}.",
             param=raw.images[0][0],
+        )
+    # Each image is checked against the per-image limit when decoded; the headers alone bound the whole request
+    # first, so sixteen blank 40-megapixel PNGs (a few MB on the wire) can't take gigabytes to decode.
+    budget = int(max_input_pixels * TOTAL_PIXEL_FACTOR)
+    total = sum(size.pixels for size in map(imaging.header_size, [d for _, d in raw.images]) if size is not None)
+    if len(raw.images) > 1 and total > budget:  # one image: its own limit, checked when decoded, says more
+        raise InvalidRequest(
+            f"The input images hold {total:,} pixels together; a request may carry at most {budget:,}. "
+            "Send fewer or smaller images.",
+            param=raw.images[0][0],
+            code="image_too_large",
         )
     uploads = []
     for param, data in raw.images:

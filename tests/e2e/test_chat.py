@@ -190,3 +190,24 @@ def test_client_disconnect_mid_stream_keeps_the_image(slow_server):
     new = set(images_dir.iterdir()) - before
     assert len(new) == 1
     assert decode(next(iter(new)).read_bytes()).size == (1024, 1024)
+
+
+def test_too_many_reference_urls_are_refused_before_any_fetch(client):
+    handler_hits = []
+
+    class Counting(_PngHandler):
+        def do_GET(self):  # noqa: N802
+            handler_hits.append(self.path)
+            super().do_GET()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/ref.png"
+        parts = [{"type": "text", "text": "combine"}] + [{"type": "image_url", "image_url": {"url": url}}] * 20
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model="gpt-image-1", messages=[{"role": "user", "content": parts}])
+        assert "at most 16" in exc.value.message
+        assert handler_hits == []
+    finally:
+        httpd.shutdown()

@@ -344,3 +344,16 @@ def test_healthz_needs_no_key(server):
     response = httpx.get(f"{server.root}/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
     assert response.headers["x-request-id"]
+
+
+def test_janitor_spares_images_still_being_written(tmp_path):
+    import os
+    import time as _time
+
+    from imagegate.storage import LocalStorage, UrlSigner
+
+    storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
+    partial = storage.root / "0123456789abcdef0123456789abcdef.part"
+    partial.write_bytes(b"half an image")  # mtime is now: not yet stamped with its expiry
+    assert storage.sweep(now=_time.time() + 5) == 0 and partial.exists()
+    assert storage.sweep(now=_time.time() + 7200) == 1  # abandoned for over an hour: gone

@@ -334,3 +334,79 @@ def test_no_channel_can_honour_the_request(faults, tmp_path):
         assert faults.calls() == 0
     finally:
         live.stop()
+
+
+# --- what review found --------------------------------------------------------------------------------------------
+
+
+def _chat_answer(*texts: str) -> bytes:
+    chunks = [{"choices": [{"index": 0, "delta": {"content": text}}]} for text in texts]
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+
+
+def test_chat_upstream_never_fetches_links_from_the_echoed_prompt(faults, tmp_path):
+    bait = FaultUpstream()
+    try:
+        injected = bait.image_url
+        prompt_block = json.dumps({"prompt": f"a cat ![x]({injected})", "ratio": "1:1"})
+        faults.default = Reply(200, _chat_answer(prompt_block, "\n> ✅ Generation complete\n\n",
+                                                 f"![gen_1]({faults.image_url})"),
+                               {"content-type": "text/event-stream"})
+        live, client = _front(tmp_path, channel("chat", faults.base_url, ["gpt-4o-image"], type="chat-image"))
+        try:
+            result = client.images.generate(model="gpt-4o-image", prompt=f"a cat ![x]({injected})", size="1024x1024")
+            assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+            assert bait.requests == [] and faults.calls() == 1
+        finally:
+            live.stop()
+    finally:
+        bait.close()
+
+
+def test_upstream_links_to_private_hosts_are_refused(faults, tmp_path):
+    private = faults.image_url.replace("127.0.0.1", "localhost")  # not the channel's own host
+    faults.default = Reply(200, ok_body(url=private))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        with pytest.raises(openai.APIStatusError) as exc:
+            _generate(client)
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
+        assert "not a public address" in exc.value.message
+    finally:
+        live.stop()
+
+
+def test_client_errors_do_not_open_the_circuit(faults, tmp_path):
+    faults.script.extend([Reply(400, error_body("blocked", "image_generation_user_error", "moderation_blocked"))] * 4)
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], circuit_failures=2))
+    try:
+        for _ in range(4):
+            with pytest.raises(openai.BadRequestError):
+                _generate(client)
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # another user is still served
+    finally:
+        live.stop()
+
+
+def test_upstream_auth_failure_is_a_502_that_leaks_nothing(faults, tmp_path):
+    faults.default = Reply(401, error_body("Incorrect API key provided: sk-proj-abcd****wxyz", "invalid_request_error",
+                                           "invalid_api_key"))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], max_retries=0))
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            _generate(client)
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_misconfigured"
+        assert "sk-proj" not in exc.value.message
+    finally:
+        live.stop()
+
+
+def test_numeric_upstream_codes_become_strings(faults, tmp_path):
+    faults.default = Reply(500, json.dumps({"error": {"message": "boom", "type": "server_error", "code": 1234}}).encode())
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            _generate(client)
+        assert exc.value.body["code"] == "1234"
+    finally:
+        live.stop()

@@ -372,3 +372,18 @@ def test_sixteen_images_and_a_matching_mask_are_accepted(client):
                                 image=[_png() for _ in range(16)], mask=("mask.png", mask_bytes(64, 64, (0, 0, 32, 32)),
                                                                          "image/png"))
     assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+
+
+def test_many_large_inputs_are_refused_before_decoding(client):
+    """Sixteen blank 6000x6000 PNGs are a few MB on the wire and gigabytes decoded: the total is bounded first."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, "PNG", optimize=True)
+    blank = buf.getvalue()
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.images.edit(model="gpt-image-1", prompt="x", image=[(f"{i}.png", blank, "image/png") for i in range(16)])
+    assert exc.value.body["code"] == "image_too_large"
+    assert "pixels together" in exc.value.body["message"]

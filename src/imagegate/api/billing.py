@@ -3,6 +3,7 @@ headers, and idempotent retries (``Idempotency-Key``) of generations and edits."
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import time
@@ -24,7 +25,7 @@ from imagegate.engines.base import ImageDone
 from imagegate.errors import AuthenticationFailed, Conflict, ImagegateError, InvalidRequest, UnsupportedMediaType
 from imagegate.gateway import DeliveredImage, Run, RunResult
 from imagegate.storage import StoredImage
-from imagegate.validate import ImageRequest, RawRequest, validate
+from imagegate.validate import ImageRequest, RawRequest, validate_request
 
 router = APIRouter()
 
@@ -206,7 +207,7 @@ async def quote(request: Request, principal: Principal = Depends(require_princip
         raise UnsupportedMediaType("Unsupported Content-Type: /v1/images/quote takes the generations JSON body.")
     state = request.app.state
     body = await json_body(request)
-    image_request = validate(
+    image_request = await validate_request(
         RawRequest("generate", body), state.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,
     )

@@ -8,6 +8,7 @@ markdown image links and a download link per image.
 
 from __future__ import annotations
 
+
 import json
 import re
 import time
@@ -25,7 +26,7 @@ from imagegate.engines.base import Progress
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked
 from imagegate.fetch import fetch_image
 from imagegate.gateway import Run, Stored
-from imagegate.validate import RawRequest, decode_image_reference, validate
+from imagegate.validate import RawRequest, decode_image_reference, validate_request
 
 router = APIRouter()
 
@@ -107,7 +108,25 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             fields[name] = body[name]
     if not refs:
         return RawRequest("generate", fields)
-    images = [("image", await _load_image(request, url, param)) for param, url in refs]
+    model = request.app.state.catalog.get(body.get("model"))
+    if model is not None and len(refs) > model.max_input_images:
+        # Refuse before fetching anything: the count alone decides it.
+        raise InvalidRequest(
+            f"Too many images: model '{model.id}' takes at most {model.max_input_images} reference image(s), "
+            f"but the message has {len(refs)}.",
+            param=refs[0][0],
+        )
+    images, total = [], 0
+    budget = request.app.state.settings.max_request_bytes
+    for param, url in refs:
+        data = await _load_image(request, url, param)
+        total += len(data)
+        if total > budget:
+            raise InvalidRequest(
+                f"The reference images add up to more than {budget:,} bytes; send fewer or smaller images.",
+                param=param, code="image_too_large",
+            )
+        images.append(("image", data))
     return RawRequest("edit", fields, images=images)
 
 
@@ -166,7 +185,7 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
         )
     stream = body.get("stream") is True
     raw = await _raw_request(request, body)
-    image_request = validate(
+    image_request = await validate_request(
         raw, state.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
@@ -17,7 +18,7 @@ from imagegate.api.render import FastJSONResponse, StreamRenderer, images_respon
 from imagegate.engines.base import ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
 from imagegate.gateway import Run
-from imagegate.validate import RawRequest, decode_image_reference, validate
+from imagegate.validate import RawRequest, decode_image_reference, validate_request
 
 router = APIRouter()
 
@@ -78,7 +79,7 @@ def _json_edit(body: dict[str, Any]) -> RawRequest:
 async def _respond(request: Request, raw: RawRequest) -> Any:
     state = request.app.state
     settings = state.settings
-    image_request = validate(
+    image_request = await validate_request(
         raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
     image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))

@@ -19,10 +19,23 @@ import httpx
 from imagegate.catalog.sizes import ratio_from_prompt, ratio_label
 from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, Progress
-from imagegate.engines.openai_compat import _sse_data, _usage
-from imagegate.engines.upstream import conform, download, error_from_response, transport_error
+from imagegate.engines.upstream import (
+    ERROR_BODY_LIMIT,
+    Attempt,
+    conform,
+    download,
+    error_from_response,
+    read_body,
+    sse_data,
+    stream_error,
+    transport_error,
+    trusted_hosts,
+    usage_from,
+    within,
+)
 from imagegate.errors import UpstreamError
 
+MAX_ANSWER_CHARS = 1_000_000  # a chat answer with a few links; more is not an image answer
 _IMAGE_LINK_RE = re.compile(r"!\[[^\]]*\]\((https?://[^)\s]+)\)")
 _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
 
@@ -32,6 +45,7 @@ class ChatImageEngine:
         self.channel = channel
         self.client = client
         self.name = f"chat-image:{channel.name}"
+        self.trusted_hosts = trusted_hosts(channel.base_url)
 
     def _body(self, job: Job) -> dict:
         prompt = job.prompt
@@ -50,75 +64,97 @@ class ChatImageEngine:
 
     async def run(self, job: Job) -> AsyncIterator[Event]:
         channel = self.channel
+        attempt = Attempt()
+        async for event in within(
+            channel.timeout_s, self._attempt(job, attempt),
+            lambda: transport_error(TimeoutError(), channel.name, channel.failure_policy, sent=attempt.sent),
+        ):
+            yield event
+
+    async def _attempt(self, job: Job, attempt: Attempt) -> AsyncIterator[Event]:
+        channel = self.channel
         headers = {"Authorization": f"Bearer {channel.api_key}"} if channel.api_key else {}
+        body = self._body(job)
         request = self.client.build_request(
-            "POST", f"{channel.base_url.rstrip('/')}/chat/completions", json=self._body(job), headers=headers
+            "POST", f"{channel.base_url.rstrip('/')}/chat/completions", json=body, headers=headers
         )
-        sent = False
         text = ""
         try:
-            async with asyncio.timeout(channel.timeout_s):
-                response = await self.client.send(request, stream=True)
-                sent = True
-                try:
-                    if response.status_code >= 400:
-                        raise error_from_response(response, await response.aread(), channel.name, channel.failure_policy)
-                    last_percent = 0
-                    async for data in _sse_data(response):
-                        if data.strip() == "[DONE]":
-                            break
-                        try:
-                            chunk = json.loads(data)
-                        except ValueError:
-                            continue  # keep-alive noise
-                        if chunk.get("error"):
-                            err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                            raise UpstreamError(
-                                str(err.get("message") or "upstream error"), code=err.get("code") or "upstream_error",
-                                failure_policy=channel.failure_policy,
-                            )
-                        for choice in chunk.get("choices") or []:
-                            delta = (choice.get("delta") or choice.get("message") or {}).get("content")
-                            if delta:
-                                text += delta
-                        percent = _latest_percent(text)
-                        if "Queuing" in text and "Generating" not in text and last_percent == 0:
-                            yield Progress(0, "queued")
-                        elif percent is not None and percent > last_percent:
-                            last_percent = percent
-                            yield Progress(min(percent, 99))
-                finally:
-                    await response.aclose()
-                urls = _IMAGE_LINK_RE.findall(text)
-                if not urls:
-                    raise UpstreamError(
-                        f"The upstream '{channel.name}' finished without an image.",
-                        code="upstream_no_image", failure_policy=channel.failure_policy,
-                    )
-                delivered = 0
-                for index, url in enumerate(urls[: job.n]):
+            attempt.sent = True
+            response = await self.client.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    error_body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
+                    raise error_from_response(response, error_body, channel.name, channel.failure_policy)
+                last_percent = 0
+                async for data in sse_data(response):
+                    if data.strip() == "[DONE]":
+                        break
                     try:
-                        raw = await download(self.client, url, max_bytes=channel.max_download_bytes)
-                        data_bytes, fmt, size = await asyncio.to_thread(
-                            conform, raw, job.output_format, job.output_compression, job.transparent
-                        )
-                    except (ValueError, httpx.HTTPError, OSError) as exc:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        continue  # keep-alive noise
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error"):
+                        raise stream_error(chunk["error"], channel.name, channel.failure_policy)
+                    for choice in chunk.get("choices") or []:
+                        delta = (choice.get("delta") or choice.get("message") or {}).get("content")
+                        if isinstance(delta, str):
+                            text += delta
+                    if len(text) > MAX_ANSWER_CHARS:
                         raise UpstreamError(
-                            f"Downloading image {index} from the upstream '{channel.name}' failed: {exc}.",
+                            f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
                             code="upstream_bad_response", failure_policy=channel.failure_policy,
-                        ) from None
-                    delivered += 1
-                    yield ImageDone(index, data_bytes, fmt, size)
-                yield Progress(100, "finishing")
-                yield JobDone(_usage(None, job, delivered))
+                        )
+                    percent = _latest_percent(text)
+                    if "Queuing" in text and "Generating" not in text and last_percent == 0:
+                        yield Progress(0, "queued")
+                    elif percent is not None and percent > last_percent:
+                        last_percent = percent
+                        yield Progress(min(percent, 99))
+            finally:
+                await response.aclose()
         except UpstreamError:
             raise
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            left = sent or not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        except (httpx.HTTPError, OSError) as exc:
+            left = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
+        urls = image_links(text, sent=body["messages"][0]["content"][0]["text"])
+        if not urls:
+            raise UpstreamError(
+                f"The upstream '{channel.name}' finished without an image.",
+                code="upstream_no_image", failure_policy=channel.failure_policy,
+            )
+        delivered = 0
+        for index, url in enumerate(urls[: job.n]):
+            try:
+                raw = await download(self.client, url, max_bytes=channel.max_download_bytes,
+                                     trusted_hosts=self.trusted_hosts)
+                data_bytes, fmt, size = await asyncio.to_thread(
+                    conform, raw, job.output_format, job.output_compression, job.transparent
+                )
+            except (ValueError, httpx.HTTPError, OSError) as exc:
+                raise UpstreamError(
+                    f"Downloading image {index} from the upstream '{channel.name}' failed: {exc}.",
+                    code="upstream_bad_response", failure_policy=channel.failure_policy,
+                ) from None
+            delivered += 1
+            yield ImageDone(index, data_bytes, fmt, size)
+        yield Progress(100, "finishing")
+        yield JobDone(usage_from(None, job, delivered))
 
     async def aclose(self) -> None:
         return None
+
+
+def image_links(text: str, *, sent: str) -> list[str]:
+    """The generated images' links in a chat answer. The answer echoes the prompt (the JSON block), so a link
+    written into the prompt would otherwise be taken for a result and fetched: only links after the completion
+    marker count when there is one, and never a link that was in what we sent."""
+    marker = max(text.rfind("Generation complete"), text.rfind("✅"))
+    tail = text[marker:] if marker >= 0 else text
+    return [url for url in _IMAGE_LINK_RE.findall(tail) if url not in sent]
 
 
 def _latest_percent(text: str) -> int | None:

@@ -16,16 +16,22 @@ import orjson
 from imagegate.catalog.tokens import Usage
 from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
-from imagegate.engines.sandbox import job_usage
 from imagegate.engines.upstream import (
     conform,
     decode_b64_image,
     download,
+    ERROR_BODY_LIMIT,
+    Attempt,
     error_from_response,
     loads_images_json,
     read_body,
+    sse_data,
+    stream_error,
     strip_data_url,
     transport_error,
+    trusted_hosts,
+    usage_from,
+    within,
 )
 from imagegate.imaging import header_size, sniff_format
 from imagegate.errors import UpstreamError
@@ -46,6 +52,7 @@ class OpenAICompatEngine:
         self.client = client
         self.name = f"openai:{channel.name}"
         self.official = any(h in channel.base_url for h in _OPENAI_HOSTS)
+        self.trusted_hosts = trusted_hosts(channel.base_url)
 
     # -- request building --------------------------------------------------------------------------------------
 
@@ -100,34 +107,41 @@ class OpenAICompatEngine:
 
     async def run(self, job: Job) -> AsyncIterator[Event]:
         channel = self.channel
+        attempt = Attempt()
+        async for event in within(
+            channel.timeout_s, self._attempt(job, attempt),
+            lambda: transport_error(TimeoutError(), channel.name, channel.failure_policy, sent=attempt.sent),
+        ):
+            yield event
+
+    async def _attempt(self, job: Job, attempt: "Attempt") -> AsyncIterator[Event]:
+        channel = self.channel
         request = self._request(job)
-        sent = False
         try:
-            async with asyncio.timeout(channel.timeout_s):
-                response = await self.client.send(request, stream=True)
-                sent = True
-                try:
-                    if response.status_code >= 400:
-                        body = await response.aread()
-                        raise error_from_response(response, body, channel.name, channel.failure_policy)
-                    content_type = response.headers.get("content-type", "")
-                    if content_type.startswith("text/event-stream"):
-                        async for event in self._read_stream(job, response):
-                            yield event
-                    else:
-                        try:
-                            body = await read_body(response, self.channel.max_download_bytes)
-                        except ValueError as exc:
-                            raise self._malformed(str(exc)) from None
-                        async for event in self._read_json(job, body):
-                            yield event
-                finally:
-                    await response.aclose()
+            attempt.sent = True  # from here on the upstream may be working on the image
+            response = await self.client.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
+                    raise error_from_response(response, body, channel.name, channel.failure_policy)
+                content_type = response.headers.get("content-type", "")
+                if content_type.startswith("text/event-stream"):
+                    async for event in self._read_stream(job, response):
+                        yield event
+                else:
+                    try:
+                        body = await read_body(response, self.channel.max_download_bytes)
+                    except ValueError as exc:
+                        raise self._malformed(str(exc)) from None
+                    async for event in self._read_json(job, body):
+                        yield event
+            finally:
+                await response.aclose()
         except UpstreamError:
             raise
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+        except (httpx.HTTPError, OSError) as exc:
             # Only a failed connect proves the request never left; anything later may have started the image.
-            left = sent or not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            left = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
 
     def _malformed(self, what: str) -> UpstreamError:
@@ -150,7 +164,8 @@ class OpenAICompatEngine:
                     return ImageDone(index, None, job.output_format, size, revised, b64=text)
             data = decode_b64_image(text)
         elif item.get("url"):
-            data = await download(self.client, item["url"], max_bytes=self.channel.max_download_bytes)
+            data = await download(self.client, item["url"], max_bytes=self.channel.max_download_bytes,
+                                  trusted_hosts=self.trusted_hosts)
         else:
             raise ValueError("an image has neither b64_json nor url")
         data, fmt, size = await asyncio.to_thread(conform, data, job.output_format, job.output_compression, job.transparent)
@@ -171,13 +186,13 @@ class OpenAICompatEngine:
                 raise self._malformed(f"image {index}: {exc}") from None
             yield done
         delivered = min(len(items), job.n)
-        yield JobDone(_usage(payload.get("usage"), job, delivered))
+        yield JobDone(usage_from(payload.get("usage"), job, delivered))
 
     async def _read_stream(self, job: Job, response: httpx.Response) -> AsyncIterator[Event]:
         index = 0
         usage = Usage()
         saw_usage = False
-        async for data in _sse_data(response):
+        async for data in sse_data(response):
             if data.strip() == "[DONE]":
                 break
             try:
@@ -185,12 +200,7 @@ class OpenAICompatEngine:
             except orjson.JSONDecodeError:
                 raise self._malformed("an SSE event is not JSON") from None
             if isinstance(event, dict) and event.get("error"):
-                err = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
-                raise UpstreamError(
-                    str(err.get("message") or "upstream stream error"), status=502, type=str(err.get("type") or "server_error"),
-                    code=err.get("code") or "upstream_error", param=err.get("param"),
-                    failure_policy=self.channel.failure_policy,
-                )
+                raise stream_error(event["error"], self.channel.name, self.channel.failure_policy)
             kind = str(event.get("type", ""))
             if kind.endswith(".partial_image"):
                 raw = decode_b64_image(event.get("b64_json", ""))
@@ -203,44 +213,15 @@ class OpenAICompatEngine:
                     raise self._malformed(str(exc)) from None
                 yield done
                 if isinstance(event.get("usage"), dict):
-                    usage = usage + _usage(event["usage"], job, 1)
+                    usage = usage + usage_from(event["usage"], job, 1)
                     saw_usage = True
                 index += 1
         if index == 0:
             raise self._malformed("the stream ended without a completed image")
-        yield JobDone(usage if saw_usage else _usage(None, job, index))
+        yield JobDone(usage if saw_usage else usage_from(None, job, index))
 
     async def aclose(self) -> None:
         return None
-
-
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data:`` payloads of an SSE stream, multi-line data joined."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if line == "":
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].lstrip(" "))
-    if lines:
-        yield "\n".join(lines)
-
-
-def _usage(raw: Any, job: Job, delivered: int) -> Usage:
-    if isinstance(raw, dict):
-        details = raw.get("input_tokens_details") or {}
-        try:
-            text = int(details.get("text_tokens", raw.get("input_tokens", 0) if not details else 0))
-            image = int(details.get("image_tokens", 0))
-            return Usage(text_tokens=text, image_tokens=image, output_tokens=int(raw.get("output_tokens", 0)))
-        except (TypeError, ValueError):
-            pass
-    # No usage from the upstream: what the token tables say for what was delivered, marked as an estimate.
-    estimate = job_usage(job)
-    per_image = estimate.output_tokens // max(job.n, 1)
-    return Usage(estimate.text_tokens, estimate.image_tokens, per_image * delivered, estimated=True)
 
 
 def _form_value(value: Any) -> str:

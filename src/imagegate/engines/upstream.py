@@ -3,12 +3,15 @@ url-only answers within limits."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import email.utils
 import json
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import httpcore
@@ -16,7 +19,11 @@ import orjson
 
 from imagegate import imaging
 from imagegate.catalog import Size
+from imagegate.catalog.tokens import Usage
+from imagegate.engines.base import Job
+from imagegate.engines.sandbox import job_usage
 from imagegate.errors import EngineTimeout, UpstreamError
+from imagegate.fetch import public_host
 
 # httpcore reads responses 64 KiB at a time, and every read costs a trip through anyio: a 4 MB image answer
 # took ~100 of them. A larger read size only lets one read take what the socket already holds.
@@ -44,8 +51,19 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+def _short_code(value: Any, default: str) -> str:
+    """Upstream codes are free-form (numbers, long strings); ours are short strings that fit the usage log."""
+    return str(value)[:64] if value not in (None, "") else default
+
+
 def error_from_response(response: httpx.Response, body: bytes, channel: str, failure_policy: str) -> UpstreamError:
-    """Map an upstream error answer to our envelope, keeping its status, type, code and param."""
+    """Map an upstream error answer to our envelope, keeping its status, type, code and param.
+
+    Two exceptions. 401/403/404 say the channel is misconfigured (its key, its model name), not the request: the
+    client gets a 502 and never the upstream's message, which can quote the operator's key. And such answers,
+    like 429 and other refusals before any work, are never charged whatever the channel's failure policy; a 400
+    (the request itself refused, moderation included) follows the policy, since such upstreams bill it.
+    """
     status = response.status_code
     upstream: dict[str, Any] = {}
     try:
@@ -54,19 +72,40 @@ def error_from_response(response: httpx.Response, body: bytes, channel: str, fai
             upstream = parsed["error"]
     except (ValueError, UnicodeDecodeError):
         pass
+    if status in (401, 403, 404):
+        return UpstreamError(
+            f"The upstream '{channel}' refused the gateway's request (HTTP {status}); the channel's key or model "
+            "mapping needs the operator's attention.",
+            status=502, code="upstream_misconfigured", nothing_generated=True, failure_policy="refund",
+        )
     message = upstream.get("message") or f"The upstream '{channel}' answered HTTP {status}."
-    extra = {k: v for k, v in upstream.items() if k not in ("message", "type", "code", "param")}
+    extra = {k: v for k, v in upstream.items() if k not in ("message", "type", "code", "param") and isinstance(k, str)}
     nothing = status in NOTHING_GENERATED_STATUSES
+    param = upstream.get("param")
     return UpstreamError(
-        str(message),
+        str(message)[:2000],
         status=status if 400 <= status < 600 else 502,
-        type=str(upstream.get("type") or ("server_error" if status >= 500 else "invalid_request_error")),
-        code=upstream.get("code") or ("rate_limit_exceeded" if status == 429 else "upstream_error"),
-        param=upstream.get("param"),
+        type=_short_code(upstream.get("type"), "server_error" if status >= 500 else "invalid_request_error"),
+        code=_short_code(upstream.get("code"), "rate_limit_exceeded" if status == 429 else "upstream_error"),
+        param=str(param)[:100] if param is not None else None,
         nothing_generated=nothing,
         retry_after=retry_after_seconds(response.headers),
-        failure_policy=failure_policy,
+        failure_policy="refund" if nothing or (400 < status < 500) else failure_policy,
         extra=extra or None,
+    )
+
+
+def stream_error(err: Any, channel: str, failure_policy: str) -> UpstreamError:
+    """An ``error`` event inside an upstream's stream: the work had started, so the channel's policy applies."""
+    if not isinstance(err, dict):
+        err = {"message": str(err)}
+    return UpstreamError(
+        str(err.get("message") or f"The upstream '{channel}' reported an error mid-stream.")[:2000],
+        status=502,
+        type=_short_code(err.get("type"), "server_error"),
+        code=_short_code(err.get("code"), "upstream_error"),
+        param=str(err["param"])[:100] if err.get("param") is not None else None,
+        failure_policy=failure_policy,
     )
 
 
@@ -104,23 +143,80 @@ def decode_b64_image(value: str) -> bytes:
         raise ValueError("b64_json is not valid base64") from None
 
 
-async def read_body(response: httpx.Response, max_bytes: int) -> bytes:
-    """The body, up to a limit. Not ``response.aread()``: that caches the body on the response, and httpx's
-    response and stream reference each other, so megabytes would live until the cycle collector runs."""
+async def read_body(response: httpx.Response, max_bytes: int, *, truncate: bool = False) -> bytes:
+    """The body, up to a limit (past it: an error, or with ``truncate`` the first ``max_bytes``). Not
+    ``response.aread()``: that caches the body on the response, and httpx's response and stream reference each
+    other, so megabytes would live until the cycle collector runs."""
     chunks, total = [], 0
     async for chunk in response.aiter_bytes():
         total += len(chunk)
         if total > max_bytes:
+            if truncate:
+                chunks.append(chunk[: max_bytes - (total - len(chunk))])
+                break
             raise ValueError(f"the upstream's answer is larger than {max_bytes:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def download(client: httpx.AsyncClient, url: str, *, max_bytes: int) -> bytes:
-    async with client.stream("GET", url) as response:
-        if response.status_code != 200:
-            raise ValueError(f"image download answered HTTP {response.status_code}")
-        return await read_body(response, max_bytes)
+ERROR_BODY_LIMIT = 64 * 1024  # an error answer is a message, not a payload
+
+
+@dataclass
+class Attempt:
+    """What a relay attempt got to: once the request may have left, a failure can no longer prove that the
+    upstream did nothing."""
+
+    sent: bool = False
+
+
+async def within(
+    seconds: float, events: AsyncIterator[Any], on_timeout: Callable[[], Exception]
+) -> AsyncIterator[Any]:
+    """Yield from ``events`` with every step bounded by one overall deadline.
+
+    No timeout context stays open across a ``yield``: a deadline that fired while the consumer was busy (storing
+    an image, say) would cancel the consumer's own await and look like a shutdown.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise on_timeout() from None
+            yield event
+    finally:
+        await events.aclose()
+
+
+async def download(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int, trusted_hosts: frozenset[str] = frozenset(),
+    max_redirects: int = 3,
+) -> bytes:
+    """An image an upstream pointed to. The URL came over the wire, so every hop must be a public address or a
+    host the operator configured (the channel's own); redirects are followed by hand to check each one."""
+    for _ in range(max_redirects + 1):
+        host = urlsplit(url).hostname or ""
+        if host not in trusted_hosts and not await public_host(url):
+            raise ValueError(f"refusing to download from {host or url!r}: not a public address")
+        async with client.stream("GET", url, follow_redirects=False) as response:
+            if response.is_redirect and "location" in response.headers:
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code != 200:
+                raise ValueError(f"image download answered HTTP {response.status_code}")
+            return await read_body(response, max_bytes)
+    raise ValueError("image download redirected too many times")
+
+
+def trusted_hosts(base_url: str) -> frozenset[str]:
+    """Hosts a channel may point image links at without the public-address check: its own."""
+    host = urlsplit(base_url).hostname or ""
+    return frozenset({host}) if host else frozenset()
 
 
 def conform(data: bytes, fmt: str, compression: int, transparent: bool) -> tuple[bytes, str, Size]:
@@ -184,3 +280,32 @@ def loads_images_json(body: bytes) -> Any:
     if restored != len(lifted):
         return orjson.loads(body)
     return doc
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of an SSE stream, multi-line data joined."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].lstrip(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+def usage_from(raw: Any, job: Job, delivered: int) -> Usage:
+    if isinstance(raw, dict):
+        details = raw.get("input_tokens_details") or {}
+        try:
+            text = int(details.get("text_tokens", raw.get("input_tokens", 0) if not details else 0))
+            image = int(details.get("image_tokens", 0))
+            return Usage(text_tokens=text, image_tokens=image, output_tokens=int(raw.get("output_tokens", 0)))
+        except (TypeError, ValueError):
+            pass
+    # No usage from the upstream: what the token tables say for what was delivered, marked as an estimate.
+    estimate = job_usage(job)
+    per_image = estimate.output_tokens // max(job.n, 1)
+    return Usage(estimate.text_tokens, estimate.image_tokens, per_image * delivered, estimated=True)

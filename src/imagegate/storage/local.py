@@ -93,8 +93,12 @@ class LocalStorage:
                 stat = entry.stat()
             except FileNotFoundError:
                 continue
-            stale_part = entry.name.endswith(".part") and stat.st_ctime < now - 3600
-            if stat.st_mtime < now or stale_part:
+            if entry.name.endswith(".part"):
+                # Still being written (its mtime is not the expiry yet) unless it was abandoned an hour ago.
+                expired = stat.st_ctime < now - 3600
+            else:
+                expired = stat.st_mtime < now
+            if expired:
                 try:
                     os.unlink(entry.path)
                     removed += 1
