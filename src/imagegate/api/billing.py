@@ -3,7 +3,6 @@ headers, and idempotent retries (``Idempotency-Key``) of generations and edits."
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import time
