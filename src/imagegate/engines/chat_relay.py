@@ -20,18 +20,15 @@ from imagegate.catalog.sizes import ratio_from_prompt, ratio_label
 from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, Progress
 from imagegate.engines.upstream import (
-    ERROR_BODY_LIMIT,
     Attempt,
     conform,
     download,
-    error_from_response,
-    read_body,
     sse_data,
     stream_error,
-    transport_error,
     trusted_hosts,
+    upstream_call,
     usage_from,
-    within,
+    with_deadline,
 )
 from imagegate.errors import UpstreamError
 
@@ -62,16 +59,10 @@ class ChatImageEngine:
             "messages": [{"role": "user", "content": content}],
         }
 
-    async def run(self, job: Job) -> AsyncIterator[Event]:
-        channel = self.channel
-        attempt = Attempt()
-        async for event in within(
-            channel.timeout_s, self._attempt(job, attempt),
-            lambda: transport_error(TimeoutError(), channel.name, channel.failure_policy, sent=attempt.sent),
-        ):
-            yield event
+    def run(self, job: Job) -> AsyncIterator[Event]:
+        return with_deadline(self.channel, lambda state: self._attempt(job, state))
 
-    async def _attempt(self, job: Job, attempt: Attempt) -> AsyncIterator[Event]:
+    async def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Event]:
         channel = self.channel
         headers = {"Authorization": f"Bearer {channel.api_key}"} if channel.api_key else {}
         body = self._body(job)
@@ -79,47 +70,34 @@ class ChatImageEngine:
             "POST", f"{channel.base_url.rstrip('/')}/chat/completions", json=body, headers=headers
         )
         text = ""
-        try:
-            attempt.sent = True
-            response = await self.client.send(request, stream=True)
-            try:
-                if response.status_code >= 400:
-                    error_body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
-                    raise error_from_response(response, error_body, channel.name, channel.failure_policy)
-                last_percent = 0
-                async for data in sse_data(response):
-                    if data.strip() == "[DONE]":
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        continue  # keep-alive noise
-                    if not isinstance(chunk, dict):
-                        continue
-                    if chunk.get("error"):
-                        raise stream_error(chunk["error"], channel.name, channel.failure_policy)
-                    for choice in chunk.get("choices") or []:
-                        delta = (choice.get("delta") or choice.get("message") or {}).get("content")
-                        if isinstance(delta, str):
-                            text += delta
-                    if len(text) > MAX_ANSWER_CHARS:
-                        raise UpstreamError(
-                            f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
-                            code="upstream_bad_response", failure_policy=channel.failure_policy,
-                        )
-                    percent = _latest_percent(text)
-                    if "Queuing" in text and "Generating" not in text and last_percent == 0:
-                        yield Progress(0, "queued")
-                    elif percent is not None and percent > last_percent:
-                        last_percent = percent
-                        yield Progress(min(percent, 99))
-            finally:
-                await response.aclose()
-        except UpstreamError:
-            raise
-        except (httpx.HTTPError, OSError) as exc:
-            left = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-            raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
+        async with upstream_call(self.client, request, channel, state) as response:
+            last_percent = 0
+            async for data in sse_data(response):
+                if data.strip() == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue  # keep-alive noise
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    raise stream_error(chunk["error"], channel.name, channel.failure_policy)
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or choice.get("message") or {}).get("content")
+                    if isinstance(delta, str):
+                        text += delta
+                if len(text) > MAX_ANSWER_CHARS:
+                    raise UpstreamError(
+                        f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
+                        code="upstream_bad_response", failure_policy=channel.failure_policy,
+                    )
+                percent = _latest_percent(text)
+                if "Queuing" in text and "Generating" not in text and last_percent == 0:
+                    yield Progress(0, "queued")
+                elif percent is not None and percent > last_percent:
+                    last_percent = percent
+                    yield Progress(min(percent, 99))
         urls = image_links(text, sent=body["messages"][0]["content"][0]["text"])
         if not urls:
             raise UpstreamError(

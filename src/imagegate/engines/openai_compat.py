@@ -20,18 +20,16 @@ from imagegate.engines.upstream import (
     conform,
     decode_b64_image,
     download,
-    ERROR_BODY_LIMIT,
     Attempt,
-    error_from_response,
     loads_images_json,
     read_body,
     sse_data,
     stream_error,
     strip_data_url,
-    transport_error,
     trusted_hosts,
+    upstream_call,
     usage_from,
-    within,
+    with_deadline,
 )
 from imagegate.imaging import header_size, sniff_format
 from imagegate.errors import UpstreamError
@@ -105,44 +103,21 @@ class OpenAICompatEngine:
 
     # -- running -----------------------------------------------------------------------------------------------
 
-    async def run(self, job: Job) -> AsyncIterator[Event]:
-        channel = self.channel
-        attempt = Attempt()
-        async for event in within(
-            channel.timeout_s, self._attempt(job, attempt),
-            lambda: transport_error(TimeoutError(), channel.name, channel.failure_policy, sent=attempt.sent),
-        ):
-            yield event
+    def run(self, job: Job) -> AsyncIterator[Event]:
+        return with_deadline(self.channel, lambda state: self._attempt(job, state))
 
-    async def _attempt(self, job: Job, attempt: "Attempt") -> AsyncIterator[Event]:
-        channel = self.channel
-        request = self._request(job)
-        try:
-            attempt.sent = True  # from here on the upstream may be working on the image
-            response = await self.client.send(request, stream=True)
+    async def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Event]:
+        async with upstream_call(self.client, self._request(job), self.channel, state) as response:
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                async for event in self._read_stream(job, response):
+                    yield event
+                return
             try:
-                if response.status_code >= 400:
-                    body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
-                    raise error_from_response(response, body, channel.name, channel.failure_policy)
-                content_type = response.headers.get("content-type", "")
-                if content_type.startswith("text/event-stream"):
-                    async for event in self._read_stream(job, response):
-                        yield event
-                else:
-                    try:
-                        body = await read_body(response, self.channel.max_download_bytes)
-                    except ValueError as exc:
-                        raise self._malformed(str(exc)) from None
-                    async for event in self._read_json(job, body):
-                        yield event
-            finally:
-                await response.aclose()
-        except UpstreamError:
-            raise
-        except (httpx.HTTPError, OSError) as exc:
-            # Only a failed connect proves the request never left; anything later may have started the image.
-            left = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-            raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
+                body = await read_body(response, self.channel.max_download_bytes)
+            except ValueError as exc:
+                raise self._malformed(str(exc)) from None
+        async for event in self._read_json(job, body):
+            yield event
 
     def _malformed(self, what: str) -> UpstreamError:
         # A 200 with a body we cannot read: the upstream did the work (and billed it), so no retry.

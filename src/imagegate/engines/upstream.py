@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import binascii
 import email.utils
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -24,6 +25,9 @@ from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
 from imagegate.errors import EngineTimeout, UpstreamError
 from imagegate.fetch import public_host
+
+if TYPE_CHECKING:
+    from imagegate.config import ChannelConfig
 
 # httpcore reads responses 64 KiB at a time, and every read costs a trip through anyio: a 4 MB image answer
 # took ~100 of them. A larger read size only lets one read take what the socket already holds.
@@ -168,6 +172,41 @@ class Attempt:
     upstream did nothing."""
 
     sent: bool = False
+
+
+async def with_deadline(channel: "ChannelConfig", attempt: Callable[[Attempt], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """Run one relay attempt under the channel's whole-answer limit. A timeout is reported as such, and as
+    possibly generated once the request had left."""
+    state = Attempt()
+    async for event in within(
+        channel.timeout_s, attempt(state),
+        lambda: transport_error(TimeoutError(), channel.name, channel.failure_policy, sent=state.sent),
+    ):
+        yield event
+
+
+@contextlib.asynccontextmanager
+async def upstream_call(
+    client: httpx.AsyncClient, request: httpx.Request, channel: "ChannelConfig", state: Attempt
+) -> AsyncIterator[httpx.Response]:
+    """Send ``request`` and hand over the streaming response; error answers and transport failures become
+    UpstreamErrors, classified by whether the upstream can have started on the image."""
+    try:
+        state.sent = True  # from here on the upstream may be working on the image
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
+                raise error_from_response(response, body, channel.name, channel.failure_policy)
+            yield response
+        finally:
+            await response.aclose()
+    except UpstreamError:
+        raise
+    except (httpx.HTTPError, OSError) as exc:
+        # Only a failed connect proves the request never left; anything later may have started the image.
+        left = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
 
 
 async def within(
