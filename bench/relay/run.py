@@ -119,13 +119,13 @@ def children(pid: int) -> list[int]:
     return [pid] + [int(p) for p in out]
 
 
-def wrk(url: str, connections: int, duration: int, workdir: Path) -> dict:
+def wrk(url: str, connections: int, duration: int, workdir: Path, key: str = KEY) -> dict:
     script = workdir / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(BODY)}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
         "done = function(summary, latency, requests)\n"
         '  io.write(string.format("RESULT %d %d %d %d\\n", summary.requests, summary.duration,'
         " latency:percentile(50), summary.errors.status + summary.errors.connect + summary.errors.read"
@@ -141,8 +141,8 @@ def wrk(url: str, connections: int, duration: int, workdir: Path) -> dict:
     return {"rps": requests / (micros / 1e6), "p50_ms": p50 / 1000, "errors": errors, "requests": requests}
 
 
-def check(url: str) -> None:
-    response = httpx.post(url, content=BODY, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+def check(url: str, key: str = KEY) -> None:
+    response = httpx.post(url, content=BODY, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
                           timeout=60)
     response.raise_for_status()
     image = response.json()["data"][0]["b64_json"]
@@ -153,6 +153,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--only", nargs="*", default=["nginx", "imagegate", "litellm"])
+    parser.add_argument("--unmetered", dest="metered", action="store_false",
+                        help="imagegate with a static key only (no accounts, no ledger)")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -185,6 +187,7 @@ def main() -> int:
         upstream = f"http://127.0.0.1:{up_port}/v1"
         time.sleep(0.5)
         targets: dict[str, tuple[str, subprocess.Popen]] = {}
+        keys: dict[str, str] = {}
 
         if "nginx" in args.only:
             port = free_port()
@@ -213,8 +216,16 @@ models = ["gpt-image-1"]
 concurrency = 64
 """)
             exe = Path(sys.executable).parent / "imagegate"
-            proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(workdir / "ig-data"),
-                                     "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            data = ["--data-dir", str(workdir / "ig-data")]
+            if args.metered:
+                # Billing on: a metered account whose every request is held and settled in the ledger (SQLite).
+                subprocess.run([str(exe), "accounts", "create", "bench", "--balance", "1000000", *data], check=True,
+                               stdout=subprocess.DEVNULL)
+                made = subprocess.run([str(exe), "keys", "create", "--account", "bench", *data], check=True,
+                                      capture_output=True, text=True)
+                keys["imagegate"] = made.stdout.strip().splitlines()[-1]
+            proc = subprocess.Popen([str(exe), "serve", "--port", str(port), *data, "--config", str(config)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(proc)
             targets["imagegate"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
 
@@ -243,10 +254,11 @@ litellm_settings:
 
         for name, (url, proc) in targets.items():
             wait_http(url.rsplit("/v1/", 1)[0] + "/", timeout=120)
-            check(url)
-            wrk(url, 4, 2, workdir)  # warm-up
-            busy = wrk(url, 16, args.duration, workdir)
-            idle = wrk(url, 1, args.duration, workdir)
+            key = keys.get(name, KEY)
+            check(url, key)
+            wrk(url, 4, 2, workdir, key)  # warm-up
+            busy = wrk(url, 16, args.duration, workdir, key)
+            idle = wrk(url, 1, args.duration, workdir, key)
             results[name] = {"rps_16": busy["rps"], "errors_16": busy["errors"], "p50_ms_1": idle["p50_ms"],
                              "rss_mb": rss_mb(children(proc.pid))}
             print(f"{name:10s} {busy['rps']:8.1f} req/s @16  p50 {idle['p50_ms']:7.1f} ms @1  "
@@ -266,7 +278,8 @@ litellm_settings:
                 theirs = results[other]
                 print(f"imagegate / {other}: req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, "
                       f"p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}")
-    (HERE / "results.json").write_text(json.dumps({"payload_bytes": len(body), "results": results}, indent=2) + "\n")
+    (HERE / "results.json").write_text(json.dumps({"payload_bytes": len(body), "imagegate_metered": args.metered,
+                                                   "results": results}, indent=2) + "\n")
     return 0
 
 

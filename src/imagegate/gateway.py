@@ -253,8 +253,10 @@ class Gateway:
                     run.settlement = await asyncio.shield(
                         self.billing.settle(run.ticket, run.result, error, engine=engine.name, cancelled=cancelled)
                     )
-                except (Exception, asyncio.CancelledError):  # the hold stays open; reconciliation releases it
-                    log.exception("settling request %s failed", job.request_id)
+                except (Exception, asyncio.CancelledError):
+                    # Billing keeps retrying it in the background with the charge it computed; if that gives up
+                    # too, the hold expires and reconciliation releases it.
+                    log.exception("settling request %s failed or was interrupted", job.request_id)
             if error is not None:
                 run._emit(error)
             run._emit(_END)

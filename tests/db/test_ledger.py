@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from imagegate.billing.store import BillingStore, IdempotencyTaken, UsageMeta
 from imagegate.catalog.tokens import Usage
 from imagegate.db import Database
-from imagegate.db.schema import accounts, api_keys, holds, instances
+from imagegate.db.schema import accounts, api_keys, holds, idempotency, instances
 from imagegate.errors import Conflict, InsufficientQuota, NotFound
 
 
@@ -98,8 +98,9 @@ def test_settlement_charges_at_most_the_hold_and_only_once(database_url):
         assert available == 950_000
         charged, available = await settle(store, hold_id, usage_id, 80_000)  # more than held: capped
         assert (charged, available) == (50_000, 950_000)
-        again = await settle(store, hold_id, usage_id, 50_000)  # a second settle charges nothing
-        assert again == (0, None)
+        # A second settle (a retry whose first COMMIT went through) charges nothing more; it reports the charge.
+        again = await settle(store, hold_id, usage_id, 50_000)
+        assert again == (50_000, 950_000)
         second, usage2, _ = await store.place_hold(meta(account.id, 40_000, "r2"), key_id=None)
         assert await settle(store, second, usage2, 30_000) == (30_000, 920_000)  # the unused 10,000 released
         rows = {r["request_id"]: r for r in await store.usage("acme")}
@@ -238,5 +239,93 @@ def test_heartbeat_keeps_a_live_servers_holds(database_url):
             expires = (await conn.execute(sa.select(holds.c.expires_at))).scalar_one()
         assert expires > time.time() + 3000
         assert await store.reconcile() == 0
+
+    run(database_url, body)
+
+
+def test_heartbeat_extends_only_holds_this_process_still_runs(database_url):
+    """A hold whose settlement was given up on must expire (and be released) while its server goes on beating."""
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1000)
+        live, _, _ = await store.place_hold(meta(account.id, 10, "live"), key_id=None)
+        orphan, _, _ = await store.place_hold(meta(account.id, 10, "orphan"), key_id=None)
+        store.let_expire(orphan)
+        async with store.db.write() as conn:
+            await conn.execute(sa.update(holds).values(expires_at=time.time() + 0.2))
+        await asyncio.sleep(0.3)
+        await store.heartbeat()
+        assert await store.reconcile() == 1
+        async with store.db.read() as conn:
+            return dict((await conn.execute(sa.select(holds.c.request_id, holds.c.status))).all())
+
+    assert run(database_url, body) == {"live": "open", "orphan": "released"}
+
+
+def test_error_codes_are_cut_to_the_column(database_url):
+    """An upstream's numeric or overlong error code must not fail the settlement (PostgreSQL checks lengths)."""
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        for request_id, code in (("int", 500), ("long", "x" * 100)):
+            hold_id, usage_id, _ = await store.place_hold(meta(account.id, 100, request_id), key_id=None)
+            await store.settle(hold_id=hold_id, usage_id=usage_id, cost_micro=0, delivered=0, usage=Usage(),
+                               latency_ms=1, status="error", error_code=code)  # type: ignore[arg-type]
+        await store.log_refused(meta(account.id, 0, "refused"), "y" * 100)
+        return {r["request_id"]: r["error_code"] for r in await store.usage("acme")}, await store.totals("acme")
+
+    codes, totals = run(database_url, body)
+    assert codes == {"int": "500", "long": "x" * 64, "refused": "y" * 64}
+    assert totals["open_holds"] == 0 and totals["held"] == 0
+
+
+def test_same_host_replicas_in_other_pid_namespaces_keep_each_others_holds(database_url):
+    """Two containers on one host (host networking: one hostname), each PID 1 in its own PID namespace: a PID
+    says nothing across namespaces, so only a stale heartbeat may free the other's holds."""
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        db = store.db
+
+        async def replica(pid: int, namespace: str | None, boot_id: str | None) -> BillingStore:
+            other = BillingStore(db)
+            other.pid, other.pid_namespace, other.boot_id = pid, namespace, boot_id
+            await other.register()
+            return other
+
+        store.pid_namespace, store.boot_id = "pid:[4026532001]", "boot-1"  # the one reconciling at the end
+        a = await replica(1, "pid:[4026532001]", "boot-1")
+        b = await replica(1, "pid:[4026532002]", "boot-1")
+        before_reboot = await replica(_dead_pid(), "pid:[4026532001]", "boot-0")
+        unknown = await replica(_dead_pid(), None, None)  # no /proc to tell
+        held = {}
+        for name, other in (("a", a), ("b", b), ("before_reboot", before_reboot), ("unknown", unknown)):
+            held[name] = await other.place_hold(meta(account.id, 1000, name), key_id=None)
+        assert await b.reconcile() == 0 and await a.reconcile() == 0 and await store.reconcile() == 0
+        charged, _ = await settle(a, held["a"][0], held["a"][1], 1000)
+        assert charged == 1000  # A's delivered image is paid for
+        # B stops beating: now its holds go.
+        async with db.write() as conn:
+            await conn.execute(sa.update(instances).where(instances.c.id == b.instance_id)
+                               .values(heartbeat_at=time.time() - 3600))
+        assert await a.reconcile() == 1
+        async with db.read() as conn:
+            row = (await conn.execute(sa.select(instances).where(instances.c.id == a.instance_id))).one()
+            assert (row.pid_namespace, row.boot_id) == ("pid:[4026532001]", "boot-1")
+            return dict((await conn.execute(sa.select(holds.c.request_id, holds.c.status))).all())
+
+    status = run(database_url, body, stale_after_seconds=60)
+    assert status == {"a": "settled", "b": "released", "before_reboot": "open", "unknown": "open"}
+
+
+def test_an_expired_idempotency_record_can_be_claimed_again(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        claim = ("acct:1", "k", "hash")
+        hold_id, usage_id, _ = await store.place_hold(meta(account.id, 100, "first"), key_id=None, idem=claim)
+        await settle(store, hold_id, usage_id, 100, idem=claim[:2], idem_result={"status": 200})
+        async with store.db.write() as conn:
+            await conn.execute(sa.update(idempotency).values(expires_at=time.time() - 1))
+        assert await store.idempotency_record("acct:1", "k") is None  # past its time: as if never there
+        await store.place_hold(meta(account.id, 100, "second"), key_id=None, idem=claim)  # not IdempotencyTaken
+        record = await store.idempotency_record("acct:1", "k")
+        assert (record.state, record.request_id) == ("running", "second")
 
     run(database_url, body)

@@ -317,3 +317,35 @@ def test_images_never_reach_the_usage_log(metered):
     b64 = result.data[0].b64_json
     dump = json.dumps(admin(metered, "GET", "/usage").json())
     assert b64[:64] not in dump and base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_settlement_that_fails_through_an_outage_is_charged_later(metered):
+    """The database is away when the run settles (longer than the quick retries): the delivered image is still
+    charged once it is back, and the hold, the usage row and the idempotency claim all close."""
+    from sqlalchemy.exc import OperationalError
+
+    key = new_account(metered, "acme", "1")
+    billing = metered.app.state.billing
+    billing.settle_retry_delays = (0.1,) * 5
+    store, real, calls = billing.store, billing.store.settle, {"n": 0}
+
+    async def settle(**kw):
+        calls["n"] += 1
+        if calls["n"] <= 4:  # the three quick tries and the first later one
+            raise OperationalError("UPDATE holds", {}, ConnectionResetError("connection reset"))
+        return await real(**kw)
+
+    store.settle = settle
+    try:
+        raw = client(metered, key).images.with_raw_response.generate(
+            **LOW, extra_headers={"Idempotency-Key": "outage-1"})
+        assert len(raw.parse().data) == 1 and "x-imagegate-cost" not in raw.headers  # not settled yet
+        t = settled(metered, "acme")
+    finally:
+        store.settle = real
+    assert t["open_holds"] == 0 and t["settle"] == 11_025 and calls["n"] == 5
+    assert_books_balance(t)
+    row = admin(metered, "GET", "/usage").json()["data"][0]
+    assert (row["status"], row["cost_micro"]) == ("ok", 11_025)
+    again = client(metered, key).images.with_raw_response.generate(**LOW, extra_headers={"Idempotency-Key": "outage-1"})
+    assert again.headers["idempotent-replayed"] == "true" and again.headers["x-imagegate-cost"] == "0.011025"

@@ -21,6 +21,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from imagegate.billing import pricing
 from imagegate.billing.prices import ModelPrice, PriceBook
@@ -82,11 +83,16 @@ class Ticket:
 
 
 class Billing:
+    # Pauses between the later tries of a settlement that failed (a database outage): about ten minutes in all.
+    # The hold is kept alive meanwhile; after the last try it is left to expire and reconciliation releases it.
+    settle_retry_delays: tuple[float, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300)
+
     def __init__(self, prices: PriceBook, store: BillingStore | None = None) -> None:
         self.prices = prices
         self.store = store
         self._inflight: dict[tuple[str, str], asyncio.Event] = {}
         self._claim_locks: dict[tuple[str, str], list] = {}  # [lock, users]
+        self._later: set[asyncio.Task] = set()  # settlements being retried in the background
 
     # --- pricing --------------------------------------------------------------------------------------------
 
@@ -250,21 +256,55 @@ class Billing:
             return Settlement(cost, None, False)
         idem = ticket.idempotency
         latency_ms = int(((result.finished or time.monotonic()) - ticket.started) * 1000)
-        charged, available = await self._retry(lambda: self.store.settle(  # type: ignore[union-attr]
+        # Everything is computed once, here; a later try writes exactly the same settlement.
+        fields = dict(
             hold_id=ticket.hold_id, usage_id=ticket.usage_id, cost_micro=cost or 0, delivered=delivered,
             usage=priced_usage if priced_usage.total_tokens else result.usage, latency_ms=latency_ms,
             status="ok" if error is None else "error", error_code=None if error is None else error.code,
             idem=(idem.scope, idem.key) if idem else None,
             idem_result=_idempotent_result(result, error, cost or 0) if idem else None,
-        ))
-        return Settlement(charged if ticket.metered else cost, available, ticket.metered)
+        )
+
+        async def attempt() -> Settlement:
+            charged, available = await self.store.settle(**fields)  # type: ignore[union-attr, arg-type]
+            return Settlement(charged if ticket.metered else cost, available, ticket.metered)
+
+        try:
+            return await self._retry(attempt)
+        except Exception:
+            # The work is done (images may be delivered): keep its charge and go on trying, rather than leave the
+            # hold, the usage row and the idempotency claim open for reconciliation to refund.
+            task = asyncio.create_task(self._settle_later(ticket, attempt), name=f"settle-{ticket.request_id}")
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+            raise
+
+    async def _settle_later(self, ticket: Ticket, attempt) -> None:
+        try:
+            for tries, delay in enumerate(self.settle_retry_delays, 1):
+                await asyncio.sleep(delay)
+                try:
+                    ticket.settlement = await attempt()
+                except Exception:
+                    log.warning("settling request %s failed again (later try %d of %d)", ticket.request_id, tries,
+                                len(self.settle_retry_delays), exc_info=True)
+                    continue
+                log.info("request %s settled on a later try", ticket.request_id)
+                return
+            log.error("gave up settling request %s; its hold expires and reconciliation releases it",
+                      ticket.request_id)
+        finally:
+            if ticket.settlement is None and self.store is not None:  # given up, or cancelled at shutdown
+                self.store.let_expire(ticket.hold_id)
 
     @staticmethod
     async def _retry(call):
         for attempt in range(3):
             try:
                 return await call()
-            except DBAPIError as exc:  # a dropped connection, a lock timeout: the transaction rolled back whole
+            # A dropped connection, a lock timeout: the transaction rolled back whole. A pool timeout: it never
+            # began. An IntegrityError is no accident of timing, trying again cannot help.
+            except (DBAPIError, PoolTimeout) as exc:
                 if attempt == 2 or isinstance(exc, IntegrityError):
                     raise
                 log.warning("settlement hit a database error; retrying", exc_info=True)

@@ -115,6 +115,27 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def _pid_space() -> tuple[str | None, str | None]:
+    """(PID namespace, boot id) of this process, None where /proc cannot tell. A PID names the same process only
+    within one namespace and one boot; two containers on one host (same hostname) may both be PID 1."""
+    try:
+        namespace: str | None = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]": the namespace's inode
+    except OSError:
+        namespace = None
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot_id: str | None = f.read().strip() or None
+    except OSError:
+        boot_id = None
+    return namespace and namespace[:64], boot_id and boot_id[:64]
+
+
+def _error_code(code: object) -> str | None:
+    """An error code as the usage log can hold it: upstreams send numbers, or long strings, and PostgreSQL
+    refuses a value longer than the column (failing the whole settlement) where SQLite would store it."""
+    return None if code is None else str(code)[:64]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -157,6 +178,11 @@ class BillingStore:
         self.instance_id = uuid.uuid4().hex
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
+        self.pid_namespace, self.boot_id = _pid_space()
+        # Holds this process placed and still means to settle (its runs in flight, or a settlement being retried).
+        # Only these are kept alive by the heartbeat: a hold nobody will settle must expire so that reconcile
+        # releases it, not be extended for as long as the server runs.
+        self._live_holds: set[str] = set()
 
     # --- accounts -------------------------------------------------------------------------------------------
 
@@ -347,7 +373,14 @@ class BillingStore:
             if idem is not None:
                 raise IdempotencyTaken() from None
             raise
+        # Only once committed: a hold whose commit we never heard back about is nobody's, and expires.
+        self._live_holds.add(hold_id)
         return hold_id, usage_id, row.balance_micro - row.held_micro
+
+    def let_expire(self, hold_id: str | None) -> None:
+        """Stop extending the hold: nothing in this process will settle it any more, so it expires after the hold
+        lifetime and reconciliation releases it."""
+        self._live_holds.discard(hold_id)  # type: ignore[arg-type]
 
     async def open_usage(self, meta: UsageMeta, *, idem: tuple[str, str, str] | None = None) -> int:
         """An unmetered request (static key) in the usage log, with its idempotency claim."""
@@ -368,7 +401,7 @@ class BillingStore:
             request_id=meta.request_id, created_at=now, account_id=meta.account_id, key_prefix=meta.key_prefix,
             metered=meta.metered, endpoint=meta.endpoint, model=meta.model, engine=meta.engine,
             operation=meta.operation, size=meta.size, quality=meta.quality, stream=meta.stream, n_asked=meta.n_asked,
-            quote_micro=meta.quote_micro, status=status, error_code=error_code,
+            quote_micro=meta.quote_micro, status=status, error_code=_error_code(error_code),
             finished_at=None if status == "running" else now, latency_ms=None if status == "running" else 0,
         ).returning(usage_log.c.id))).scalar_one()
 
@@ -392,8 +425,10 @@ class BillingStore:
     ) -> tuple[int, int | None]:
         """Close the hold: charge ``cost_micro`` (never more than the hold) and release the rest; finish the usage
         row; store (or drop) the idempotent result. Returns (charged, available balance) - (cost, None) for
-        unmetered requests. A hold that is no longer open (a reconciler released it) charges nothing."""
+        unmetered requests. A hold that is no longer open charges nothing more: released by a reconciler, it
+        returns (0, None); settled already (a retry of this settlement), what that settlement charged."""
         now = time.time()
+        error_code = _error_code(error_code)
         async with self.db.write() as conn:
             charged, available, lost = cost_micro, None, False
             if hold_id is not None:
@@ -402,7 +437,20 @@ class BillingStore:
                     .values(status="settled", closed_at=now)
                     .returning(holds.c.amount_micro, holds.c.account_id, holds.c.key_id, holds.c.request_id)
                 )).first()
-                if hold is None:  # released by reconciliation (or settled already): nothing more is charged
+                if hold is None:
+                    # Closed already: by reconciliation (released, nothing more is charged), or by this very
+                    # settlement - a retry after a COMMIT that went through but whose answer was lost. Report
+                    # what the hold really charged, and leave the usage row and the idempotency record as that
+                    # first commit (or the release) wrote them.
+                    closed = (await conn.execute(
+                        sa.select(holds.c.status, holds.c.charged_micro, accounts.c.balance_micro,
+                                  accounts.c.held_micro)
+                        .select_from(holds.join(accounts, holds.c.account_id == accounts.c.id))
+                        .where(holds.c.id == hold_id)
+                    )).first()
+                    if closed is not None and closed.status == "settled":
+                        self._live_holds.discard(hold_id)
+                        return closed.charged_micro or 0, closed.balance_micro - closed.held_micro
                     charged, status, error_code, lost = 0, "error", "hold_lost", True
                 else:
                     charged = min(cost_micro, hold.amount_micro)
@@ -416,7 +464,8 @@ class BillingStore:
                 output_tokens=usage.output_tokens, cost_micro=charged, latency_ms=latency_ms, status=status,
                 error_code=error_code,
             ))
-            if idem is not None:
+            # A released hold's claim was dropped with it, and the key may be someone else's claim by now.
+            if idem is not None and not lost:
                 where = (idempotency.c.scope == idem[0]) & (idempotency.c.key == idem[1])
                 if idem_result is None:
                     await conn.execute(sa.delete(idempotency).where(where))
@@ -425,6 +474,7 @@ class BillingStore:
                     await conn.execute(sa.update(idempotency).where(where).values(
                         state="done", result=json.dumps(stored, separators=(",", ":")), hold_id=None
                     ))
+        self._live_holds.discard(hold_id)  # type: ignore[arg-type]
         return charged, available
 
     async def _close_hold(self, conn, hold: Any, hold_id: str, charged: int, now: float) -> int:
@@ -451,6 +501,7 @@ class BillingStore:
     async def release(self, hold_id: str, *, reason: str, status: str = "crashed") -> bool:
         """Give a whole hold back (nothing ran, or its server is gone); ``reason`` becomes the usage row's error
         code. False if the hold was already closed."""
+        self._live_holds.discard(hold_id)  # whether or not this commits, this process no longer vouches for it
         now = time.time()
         async with self.db.write() as conn:
             hold = (await conn.execute(
@@ -492,6 +543,13 @@ class BillingStore:
 
     async def _claim(self, conn, idem: tuple[str, str, str], request_id: str, hold_id: str | None, now: float) -> None:
         scope, key, body_hash = idem
+        # A finished record past its time is invisible to the look-up but still in the table until reconcile
+        # drops it; without this the INSERT below would collide with it and answer "still running". A running
+        # claim is left alone even when old: its run may still write its result there.
+        await conn.execute(sa.delete(idempotency).where(
+            idempotency.c.scope == scope, idempotency.c.key == key, idempotency.c.state == "done",
+            idempotency.c.expires_at < now,
+        ))
         await conn.execute(sa.insert(idempotency).values(
             scope=scope, key=key, body_hash=body_hash, state="running", request_id=request_id, hold_id=hold_id,
             created_at=now, expires_at=now + self.idempotency_ttl,
@@ -555,40 +613,52 @@ class BillingStore:
 
     # --- instances and reconciliation -----------------------------------------------------------------------
 
+    def _instance_row(self, now: float) -> dict[str, Any]:
+        return dict(id=self.instance_id, hostname=self.hostname, pid=self.pid, pid_namespace=self.pid_namespace,
+                    boot_id=self.boot_id, started_at=now, heartbeat_at=now)
+
     async def register(self) -> None:
-        now = time.time()
         async with self.db.write() as conn:
-            await conn.execute(sa.insert(instances).values(
-                id=self.instance_id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now
-            ))
+            await conn.execute(sa.insert(instances).values(self._instance_row(time.time())))
 
     async def unregister(self) -> None:
         async with self.db.write() as conn:
             await conn.execute(sa.delete(instances).where(instances.c.id == self.instance_id))
 
     async def heartbeat(self) -> None:
-        """This server is alive: so are its holds (a long generation must not lose its hold to the expiry)."""
+        """This server is alive: so are the holds it still means to settle (a long generation must not lose its
+        hold to the expiry). Its other open holds - a settlement given up on - are left to expire."""
         now = time.time()
+        live = list(self._live_holds)
         async with self.db.write() as conn:
             done = await conn.execute(sa.update(instances).where(instances.c.id == self.instance_id)
                                       .values(heartbeat_at=now))
             if done.rowcount == 0:
-                await conn.execute(sa.insert(instances).values(
-                    id=self.instance_id, hostname=self.hostname, pid=self.pid, started_at=now, heartbeat_at=now
-                ))
-            await conn.execute(sa.update(holds).where(holds.c.instance_id == self.instance_id, holds.c.status == "open")
-                               .values(expires_at=now + self.hold_ttl))
+                await conn.execute(sa.insert(instances).values(self._instance_row(now)))
+            if live:
+                await conn.execute(sa.update(holds).where(
+                    holds.c.id.in_(live), holds.c.instance_id == self.instance_id, holds.c.status == "open"
+                ).values(expires_at=now + self.hold_ttl))
+
+    def _same_pid_space(self, row: Any) -> bool:
+        """Whether ``row.pid`` names a process we can look up: same host, PID namespace and boot. Replicas on one
+        host in separate containers share a hostname (host networking) but not PIDs; unknown is never the same."""
+        return (
+            row.hostname == self.hostname and self.pid_namespace is not None and self.boot_id is not None
+            and row.pid_namespace == self.pid_namespace and row.boot_id == self.boot_id
+        )
 
     async def reconcile(self) -> int:
-        """Release holds whose server is gone (same host and its process is dead, or no heartbeat for
-        ``stale_after`` seconds) or whose time ran out; drop expired idempotency records. Returns holds released."""
+        """Release holds whose server is gone (its process is dead - judged only where its PID means the same
+        process here - or no heartbeat for ``stale_after`` seconds) or whose time ran out; drop expired idempotency
+        records. Returns holds released."""
         now = time.time()
         async with self.db.read() as conn:
             known = (await conn.execute(sa.select(instances))).all()
             dead = {
                 row.id for row in known
                 if row.id != self.instance_id and (
-                    (row.hostname == self.hostname and (row.pid == self.pid or not _pid_alive(row.pid)))
+                    (self._same_pid_space(row) and (row.pid == self.pid or not _pid_alive(row.pid)))
                     or row.heartbeat_at < now - self.stale_after
                 )
             }

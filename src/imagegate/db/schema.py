@@ -148,6 +148,10 @@ instances = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("hostname", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
+    # The PID is only meaningful in its PID namespace and boot: two containers on one host can share a hostname
+    # and both be PID 1. NULL: could not be read (no /proc); then only the heartbeat tells if it is alive.
+    sa.Column("pid_namespace", sa.String(64), nullable=True),
+    sa.Column("boot_id", sa.String(64), nullable=True),
     sa.Column("started_at", Time, nullable=False),
     sa.Column("heartbeat_at", Time, nullable=False),
 )

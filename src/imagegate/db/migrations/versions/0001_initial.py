@@ -145,6 +145,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("hostname", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("pid_namespace", sa.String(64), nullable=True),
+        sa.Column("boot_id", sa.String(64), nullable=True),
         sa.Column("started_at", Time, nullable=False),
         sa.Column("heartbeat_at", Time, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_instances")),
