@@ -153,6 +153,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--only", nargs="*", default=["nginx", "imagegate", "litellm"])
+    parser.add_argument("--database-url", default="",
+                        help="imagegate's ledger database (default: SQLite in its data dir)")
     parser.add_argument("--unmetered", dest="metered", action="store_false",
                         help="imagegate with a static key only (no accounts, no ledger)")
     args = parser.parse_args()
@@ -217,6 +219,8 @@ concurrency = 64
 """)
             exe = Path(sys.executable).parent / "imagegate"
             data = ["--data-dir", str(workdir / "ig-data")]
+            if args.database_url:
+                data += ["--database-url", args.database_url]
             if args.metered:
                 # Billing on: a metered account whose every request is held and settled in the ledger (SQLite).
                 subprocess.run([str(exe), "accounts", "create", "bench", "--balance", "1000000", *data], check=True,
@@ -224,8 +228,10 @@ concurrency = 64
                 made = subprocess.run([str(exe), "keys", "create", "--account", "bench", *data], check=True,
                                       capture_output=True, text=True)
                 keys["imagegate"] = made.stdout.strip().splitlines()[-1]
-            proc = subprocess.Popen([str(exe), "serve", "--port", str(port), *data, "--config", str(config)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env = {**os.environ, "IMAGEGATE_DATABASE_URL": args.database_url} if args.database_url else None
+            proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(workdir / "ig-data"),
+                                     "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=env)
             procs.append(proc)
             targets["imagegate"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
 
