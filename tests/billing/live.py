@@ -3,8 +3,9 @@ fresh SQLite or PostgreSQL database, and small helpers around its admin API."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -28,13 +29,22 @@ def backend(request) -> str:
     return request.param
 
 
+@contextlib.contextmanager
+def metered_server(backend: str, tmp_path, **overrides) -> Iterator[LiveServer]:
+    """A metered server on a database of its own, stopped and the database dropped afterwards."""
+    url, drop = fresh_url(backend, tmp_path)
+    live = start_metered(tmp_path, url, **overrides)
+    try:
+        yield live
+    finally:
+        live.stop()
+        drop()
+
+
 @pytest.fixture
 def metered(backend, tmp_path):
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url)
-    yield live
-    live.stop()
-    drop()
+    with metered_server(backend, tmp_path) as live:
+        yield live
 
 
 def admin(live: LiveServer, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -14,9 +14,8 @@ import pytest
 from imagegate.engines.base import ImageDone, JobDone
 from imagegate.errors import EngineError
 from tests.billing.live import (  # noqa: F401  (fixtures)
-    admin, assert_books_balance, backend, client, metered, new_account, quote, settled, start_metered, totals,
+    admin, assert_books_balance, backend, client, metered, metered_server, new_account, quote, settled, totals,
 )
-from tests.db.backends import fresh_url
 from tests.servers import TEST_KEY
 
 LOW = {"model": "gpt-image-1", "prompt": "a red fox in snow", "size": "1024x1024", "quality": "low"}
@@ -163,9 +162,7 @@ def test_engine_failure_is_refunded_by_default(metered):
 def test_engine_failure_is_charged_under_the_charge_policy(backend, tmp_path):  # noqa: F811
     prices = tmp_path / "prices.toml"
     prices.write_text('[failure_policy]\nsandbox = "charge"\n')
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, price_file=prices)
-    try:
+    with metered_server(backend, tmp_path, price_file=prices) as live:
         key = new_account(live, "acme", "1")
         live.app.state.gateway.engines["sandbox"] = _Failing()
         with pytest.raises(openai.APIStatusError):
@@ -173,9 +170,6 @@ def test_engine_failure_is_charged_under_the_charge_policy(backend, tmp_path):  
         t = settled(live, "acme")
         assert t["settle"] == 11_025 and t["balance"] == 1_000_000 - 11_025
         assert_books_balance(t)
-    finally:
-        live.stop()
-        drop()
 
 
 def test_a_stream_settles_once_with_its_partial_images(metered):
@@ -203,9 +197,7 @@ def test_chat_image_models_are_charged_per_call(metered):
 
 
 def test_a_client_that_leaves_is_charged_once_for_the_delivered_image(backend, tmp_path):  # noqa: F811
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, sandbox_latency_ms=800)
-    try:
+    with metered_server(backend, tmp_path, sandbox_latency_ms=800) as live:
         key = new_account(live, "acme", "1")
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{live.base_url}/images/generations", json=LOW, headers={"Authorization": f"Bearer {key}"},
@@ -221,9 +213,6 @@ def test_a_client_that_leaves_is_charged_once_for_the_delivered_image(backend, t
         t = totals(live, "acme")
         assert t["settle"] == 11_025 and t["open_holds"] == 0
         assert_books_balance(t)
-    finally:
-        live.stop()
-        drop()
 
 
 def test_static_keys_stay_unmetered_beside_accounts(metered):
@@ -239,17 +228,12 @@ def test_static_keys_stay_unmetered_beside_accounts(metered):
 def test_price_groups_multiply_an_accounts_prices(backend, tmp_path):  # noqa: F811
     prices = tmp_path / "prices.toml"
     prices.write_text("[groups]\nhalf = 0.5\n")
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, price_file=prices)
-    try:
+    with metered_server(backend, tmp_path, price_file=prices) as live:
         key = new_account(live, "acme", "1")
         assert admin(live, "PATCH", "/accounts/acme", json={"group": "gold"}).status_code == 400
         assert admin(live, "PATCH", "/accounts/acme", json={"group": "half"}).json()["group"] == "half"
         raw = client(live, key).images.with_raw_response.generate(**LOW)
         assert raw.headers["x-imagegate-cost"] == "0.005513"  # 11,025 / 2 = 5,512.5, rounded half up once
-    finally:
-        live.stop()
-        drop()
 
 
 def test_admin_api_guards_and_validates(metered):
@@ -288,14 +272,9 @@ def test_admin_api_guards_and_validates(metered):
 
 
 def test_admin_api_is_off_without_a_token(backend, tmp_path):  # noqa: F811
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, admin_token="")
-    try:
+    with metered_server(backend, tmp_path, admin_token="") as live:
         answer = httpx.get(f"{live.root}/admin/accounts", headers={"Authorization": "Bearer x"})
         assert answer.status_code == 403 and answer.json()["error"]["code"] == "admin_disabled"
-    finally:
-        live.stop()
-        drop()
 
 
 def test_unmetered_server_has_no_database(tmp_path):

@@ -13,9 +13,8 @@ import pytest
 
 from imagegate.errors import EngineError
 from tests.billing.live import (  # noqa: F401  (fixtures)
-    admin, assert_books_balance, backend, client, metered, new_account, settled, start_metered,
+    admin, assert_books_balance, backend, client, metered, metered_server, new_account, settled,
 )
-from tests.db.backends import fresh_url
 from tests.imaging_helpers import png_bytes
 from tests.servers import TEST_KEY
 
@@ -56,9 +55,7 @@ def test_the_same_key_with_another_body_is_a_409(metered):
 
 
 def test_twins_in_flight_at_once_run_and_charge_once(backend, tmp_path):  # noqa: F811
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, sandbox_latency_ms=400)
-    try:
+    with metered_server(backend, tmp_path, sandbox_latency_ms=400) as live:
         key = new_account(live, "acme", "1")
 
         def call(idem_key):
@@ -76,15 +73,10 @@ def test_twins_in_flight_at_once_run_and_charge_once(backend, tmp_path):  # noqa
         t = settled(live, "acme")
         assert t["hold"] == t["settle"] == 2 * 11_025
         assert_books_balance(t)
-    finally:
-        live.stop()
-        drop()
 
 
 def test_a_client_that_timed_out_gets_its_image_on_retry_charged_once(backend, tmp_path):  # noqa: F811
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, sandbox_latency_ms=1200)
-    try:
+    with metered_server(backend, tmp_path, sandbox_latency_ms=1200) as live:
         key = new_account(live, "acme", "1")
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "slow-1"}
         with pytest.raises(httpx.ReadTimeout):
@@ -99,9 +91,6 @@ def test_a_client_that_timed_out_gets_its_image_on_retry_charged_once(backend, t
         assert retry.json()["data"][0]["b64_json"]
         t = settled(live, "acme")
         assert t["hold"] == t["settle"] == 11_025
-    finally:
-        live.stop()
-        drop()
 
 
 class _FailOnce:
@@ -139,9 +128,7 @@ def test_a_refunded_failure_is_run_again_on_retry(metered):
 def test_a_charged_failure_is_replayed_not_charged_again(backend, tmp_path):  # noqa: F811
     prices = tmp_path / "prices.toml"
     prices.write_text('[failure_policy]\nsandbox = "charge"\n')
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path, url, price_file=prices)
-    try:
+    with metered_server(backend, tmp_path, price_file=prices) as live:
         key = new_account(live, "acme", "1")
         gateway = live.app.state.gateway
         gateway.engines["sandbox"] = _FailOnce(gateway.engines["sandbox"])
@@ -152,9 +139,6 @@ def test_a_charged_failure_is_replayed_not_charged_again(backend, tmp_path):  # 
             assert exc.value.code == "engine_crashed"
         assert exc.value.response.headers["idempotent-replayed"] == "true"
         assert settled(live, "acme")["settle"] == 11_025
-    finally:
-        live.stop()
-        drop()
 
 
 def test_edits_hash_the_uploaded_images(metered):

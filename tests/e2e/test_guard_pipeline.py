@@ -151,12 +151,9 @@ def test_second_stage_moderation_endpoint(tmp_path):
 
 
 def test_blocked_request_costs_nothing_and_is_logged_with_its_category(tmp_path):
-    from tests.billing.live import admin, client as metered_client, new_account, settled, start_metered
-    from tests.db.backends import fresh_url
-
-    url, drop = fresh_url("sqlite", tmp_path)
-    live = start_metered(tmp_path, url, guard_policy="block")
-    try:
+    from tests.billing.live import admin, client as metered_client, metered_server, new_account, settled
+    
+    with metered_server("sqlite", tmp_path, guard_policy="block") as live:
         strict = new_account(live, "acme", "1")
         with pytest.raises(openai.BadRequestError):
             metered_client(live, strict).images.generate(model="gpt-image-1", prompt="Makoto Shinkai skies")
@@ -172,6 +169,3 @@ def test_blocked_request_costs_nothing_and_is_logged_with_its_category(tmp_path)
             model="gpt-image-1", prompt="Makoto Shinkai skies", size="1024x1024", quality="low")
         assert "Shinkai" not in result.data[0].revised_prompt
         assert admin(live, "POST", "/keys", json={"account": "acme", "guard_policy": "maybe"}).status_code == 400
-    finally:
-        live.stop()
-        drop()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.billing.live import assert_books_balance, client, new_account, quote, settled, start_metered
-from tests.db.backends import fresh_url
+from tests.billing.live import assert_books_balance, client, metered_server, new_account, quote, settled
 from tests.fault_upstream import FaultUpstream, Reply, error_body, ok_body
 
 BODY = {"model": "gpt-image-1", "prompt": "a fault", "size": "1024x1024", "quality": "low"}
@@ -26,9 +25,7 @@ def faults():
 
 
 def _run(tmp_path, channels, expect_error: bool):
-    url, drop = fresh_url("sqlite", tmp_path)
-    live = start_metered(tmp_path, url, channels=tuple(channels))
-    try:
+    with metered_server("sqlite", tmp_path, channels=tuple(channels)) as live:
         key = new_account(live, "acme", "1")
         cost = quote(live, key, BODY)
         if expect_error:
@@ -41,9 +38,6 @@ def _run(tmp_path, channels, expect_error: bool):
         books = settled(live, "acme")
         assert_books_balance(books)
         return cost, books, error
-    finally:
-        live.stop()
-        drop()
 
 
 @pytest.mark.parametrize(
