@@ -9,7 +9,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from tests.imaging_helpers import png_bytes
 
@@ -117,5 +116,3 @@ class FaultUpstream:
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
-
-Responder = Callable[[], Reply]

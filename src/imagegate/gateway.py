@@ -24,6 +24,7 @@ from imagegate.validate import ImageRequest
 if TYPE_CHECKING:
     from imagegate.billing import Billing, Idempotency, Settlement, Ticket
     from imagegate.guard import PromptGuard
+    from imagegate.moderation import ModerationClient
 
 log = logging.getLogger("imagegate.gateway")
 

@@ -347,7 +347,6 @@ def test_healthz_needs_no_key(server):
 
 
 def test_janitor_spares_images_still_being_written(tmp_path):
-    import os
     import time as _time
 
     from imagegate.storage import LocalStorage, UrlSigner

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from tests import openapi
-from tests.fault_upstream import B64, USAGE, FaultUpstream, Reply, error_body, ok_body
+from tests.fault_upstream import B64, FaultUpstream, Reply, error_body, ok_body
 from tests.imaging_helpers import decode, decode_b64, mask_bytes, png_bytes
 from tests.servers import TEST_KEY, start_server
 
