@@ -587,6 +587,13 @@ class BillingStore:
         """Ledger sums by kind, the usage log's charged total and the open holds, for audits and tests."""
         account = await self.account(account_name)
         async with self.db.read() as conn:
+            # One snapshot for every figure: read piecemeal, a settlement landing in between would make balance
+            # and ledger disagree on paper. (SQLite's read transaction is a snapshot already.)
+            if self.db.dialect == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            row = (await conn.execute(
+                sa.select(accounts.c.balance_micro, accounts.c.held_micro).where(accounts.c.id == account.id)
+            )).one()
             by_kind = dict((await conn.execute(
                 sa.select(ledger.c.kind, sa.func.coalesce(sa.func.sum(ledger.c.amount_micro), 0))
                 .where(ledger.c.account_id == account.id).group_by(ledger.c.kind)
@@ -607,8 +614,8 @@ class BillingStore:
             "usage_cost": int(usage_cost),
             "open_holds": int(open_holds[0]),
             "open_held": int(open_holds[1]),
-            "balance": account.balance_micro,
-            "held": account.held_micro,
+            "balance": int(row.balance_micro),
+            "held": int(row.held_micro),
         }
 
     # --- instances and reconciliation -----------------------------------------------------------------------
