@@ -5,11 +5,16 @@ created for it and dropped afterwards - so xdist workers never share state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from typing import AsyncIterator
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from imagegate.billing.store import BillingStore
+from imagegate.db import Database
 
 PG_URL = os.environ.get("IMAGEGATE_TEST_DATABASE_URL", "")
 
@@ -53,3 +58,16 @@ def database_url(request, tmp_path):
     url, drop = fresh_url(request.param, tmp_path)
     yield url
     drop()
+
+
+@contextlib.asynccontextmanager
+async def open_store(database_url: str, **store_args) -> AsyncIterator[BillingStore]:
+    """A migrated database and a registered billing store on it, disposed afterwards."""
+    db = Database(database_url)
+    await db.upgrade()
+    store = BillingStore(db, **store_args)
+    await store.register()
+    try:
+        yield store
+    finally:
+        await db.dispose()

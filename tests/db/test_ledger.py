@@ -13,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 
 from imagegate.billing.store import BillingStore, IdempotencyTaken, UsageMeta
 from imagegate.catalog.tokens import Usage
-from imagegate.db import Database
 from imagegate.db.schema import accounts, api_keys, holds, idempotency, instances
 from imagegate.errors import Conflict, InsufficientQuota, NotFound
+from tests.db.backends import open_store
 
 
 def meta(account_id: int | None, quote: int, request_id: str = "r", key_prefix: str = "sk-ig-test00") -> UsageMeta:
@@ -26,14 +26,8 @@ def meta(account_id: int | None, quote: int, request_id: str = "r", key_prefix: 
 
 def run(database_url: str, body, **store_args):
     async def main():
-        db = Database(database_url)
-        await db.upgrade()
-        store = BillingStore(db, **store_args)
-        await store.register()
-        try:
+        async with open_store(database_url, **store_args) as store:
             return await body(store)
-        finally:
-            await db.dispose()
 
     return asyncio.run(main())
 

@@ -18,12 +18,12 @@ from imagegate.api.auth import Principal
 from imagegate.billing import Billing, Idempotency, load_price_book
 from imagegate.billing.store import BillingStore
 from imagegate.catalog import Size, load_catalog
-from imagegate.db import Database
 from imagegate.db.schema import holds
 from imagegate.engines.base import ImageDone
 from imagegate.gateway import DeliveredImage, RunResult
 from imagegate.storage import StoredImage
 from imagegate.validate import RawRequest, validate
+from tests.db.backends import open_store
 
 CATALOG = load_catalog()
 COST = 11_005  # one low 1024x1024 image for the prompt "x"
@@ -47,18 +47,12 @@ def _db_down() -> OperationalError:
 
 def run(database_url: str, body, **store_args):
     async def main():
-        db = Database(database_url)
-        await db.upgrade()
-        store = BillingStore(db, **store_args)
-        await store.register()
-        account = await store.create_account("acme", balance_micro=1_000_000)
-        billing = Billing(load_price_book(), store)
-        billing.settle_retry_delays = (0.05,) * 4
-        payer = Principal(key_prefix="sk-ig-test00", account="acme", metered=True, account_id=account.id)
-        try:
+        async with open_store(database_url, **store_args) as store:
+            account = await store.create_account("acme", balance_micro=1_000_000)
+            billing = Billing(load_price_book(), store)
+            billing.settle_retry_delays = (0.05,) * 4
+            payer = Principal(key_prefix="sk-ig-test00", account="acme", metered=True, account_id=account.id)
             return await body(store, billing, payer)
-        finally:
-            await db.dispose()
 
     return asyncio.run(main())
 
@@ -116,7 +110,7 @@ def test_a_settlement_given_up_on_expires_and_is_released(database_url):
     async def body(store, billing, payer):
         _failing(store, 10**6)
         lost = await billing.reserve(_request("lost"), payer, idempotency=Idempotency("acct:1", "k", "h"))
-        running = await billing.reserve(_request("running"), payer)  # still in flight: its hold must stay
+        await billing.reserve(_request("running"), payer)  # still in flight: its hold must stay
         with pytest.raises(OperationalError):
             await billing.settle(lost, _result(), None, engine="sandbox")
         # The background retries give up; the server is alive and beating, yet the hold nobody will settle

@@ -82,6 +82,19 @@ class Ticket:
     settlement: Settlement | None = None
 
 
+def usage_meta(
+    request: "ImageRequest", payer: Payer | None, endpoint: str, *, metered: bool, quote_micro: int
+) -> UsageMeta:
+    """What the usage log records about a request when it starts (or is refused)."""
+    job = request.job
+    return UsageMeta(
+        request_id=job.request_id, endpoint=endpoint, model=job.model.id, engine=job.model.engine,
+        operation=job.operation, size=str(job.size), quality=job.quality, stream=request.stream, n_asked=job.n,
+        key_prefix=payer.key_prefix if payer is not None else "", account_id=payer.account_id if metered else None,
+        metered=metered, quote_micro=quote_micro,
+    )
+
+
 class Billing:
     # Pauses between the later tries of a settlement that failed (a database outage): about ten minutes in all.
     # The hold is kept alive meanwhile; after the last try it is left to expire and reconciliation releases it.
@@ -154,12 +167,7 @@ class Billing:
                         idempotency=idempotency)
         if self.store is None:
             return ticket
-        meta = UsageMeta(
-            request_id=job.request_id, endpoint=endpoint, model=job.model.id, engine=job.model.engine,
-            operation=job.operation, size=str(job.size), quality=job.quality, stream=request.stream, n_asked=job.n,
-            key_prefix=payer.key_prefix if payer is not None else "", account_id=payer.account_id if metered else None,
-            metered=metered, quote_micro=quote.micro if quote is not None else 0,
-        )
+        meta = usage_meta(request, payer, endpoint, metered=metered, quote_micro=quote.micro if quote else 0)
         claim = (idempotency.scope, idempotency.key, idempotency.body_hash) if idempotency else None
         async with self._claiming(idempotency):
             if metered:
@@ -182,14 +190,8 @@ class Billing:
         """A request the prompt guard refused: no hold, no charge, one usage row naming the categories."""
         if self.store is None:
             return
-        job = request.job
         metered = payer is not None and payer.metered
-        meta = UsageMeta(
-            request_id=job.request_id, endpoint=endpoint, model=job.model.id, engine=job.model.engine,
-            operation=job.operation, size=str(job.size), quality=job.quality, stream=request.stream, n_asked=job.n,
-            key_prefix=payer.key_prefix if payer is not None else "", account_id=payer.account_id if metered else None,
-            metered=metered, quote_micro=0,
-        )
+        meta = usage_meta(request, payer, endpoint, metered=metered, quote_micro=0)
         await self.store.log_refused(meta, ("moderation_blocked:" + ",".join(categories))[:64])
 
     @contextlib.asynccontextmanager
