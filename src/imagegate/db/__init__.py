@@ -1,31 +1,52 @@
-"""The database: one async SQLAlchemy engine, Alembic migrations, and the two ways in (read, write).
+"""The database: SQLAlchemy engines, Alembic migrations, and the ways in.
+
+The billing store writes each transaction as one plain function of a sync ``Connection`` and runs it in one hop
+off the event loop: ``run_write(fn, *args)``, ``run_read(fn, *args)``. Through the async driver every statement
+was a hop of its own (about 1 ms each on aiosqlite), and a hold or a settlement is some seven statements.
 
 SQLite is the default (a file in the data dir, WAL journal). Its writers are serialised: a write transaction
 starts with ``BEGIN IMMEDIATE``, so two requests placing holds on the same account queue on the database lock
-instead of deadlocking on a lock upgrade. PostgreSQL (``postgresql+asyncpg://``) runs at READ COMMITTED; the
-billing code never reads a balance and writes it back, it uses conditional ``UPDATE ... RETURNING`` statements,
-which PostgreSQL re-checks against the committed row after waiting on its lock.
+instead of deadlocking on a lock upgrade. Left to the database, waiting writers sleep in SQLite's busy handler,
+whose back-off grows to 100 ms a try: under load most of a request's time went there. So this process's writers
+take turns on one writer thread, and the processes sharing the file (``serve --workers``) take turns on an
+exclusive ``flock`` of a lock file beside it, waiting in the kernel, which wakes the next one as soon as the lock
+is free. The busy timeout stays for writers that take no such lock (the sqlite3 shell). Reads run on a few threads
+of their own: WAL readers do not wait for the writer. ``read()`` and ``write()`` still hand out async (aiosqlite)
+connections to code that wants one; a ``write()`` block holds the writer's turn while it runs.
+
+PostgreSQL (``postgresql+asyncpg://``) runs the same functions on its async engine through SQLAlchemy's greenlet
+bridge (``AsyncConnection.run_sync``), at READ COMMITTED; the billing code never reads a balance and writes it
+back, it uses conditional ``UPDATE ... RETURNING`` statements, which PostgreSQL re-checks against the committed
+row after waiting on its lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imagegate.config import ConfigError
 
 DB_FILE = "imagegate.db"
+LOCK_SUFFIX = ".writelock"  # imagegate.db.writelock: the file whose flock is the turn to write
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any number, the same in every process: serialises concurrent `upgrade` runs against one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x1A6E6A7E
+_SQLITE_READERS = 4
+
+T = TypeVar("T")
 
 
 def resolve_url(database_url: str, data_dir: Path) -> str:
@@ -49,54 +70,143 @@ def resolve_url(database_url: str, data_dir: Path) -> str:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.dialect = make_url(url).get_backend_name()
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        self._sqlite: _SqliteThreads | None = None
         if self.dialect == "sqlite":
-            database = make_url(url).database
+            database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(
                 url, connect_args={"timeout": 60}, pool_size=8, max_overflow=8, pool_timeout=60
             )
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine.sync_engine)
+            self._sqlite = _SqliteThreads(parsed.set(drivername="sqlite+pysqlite"), f"{database}{LOCK_SUFFIX}")
         else:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=60)
         self._writer = self.engine.execution_options(imagegate_write=True)
-        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` as one write transaction: committed when it returns, rolled back if it raises.
+        ``fn`` runs on another thread (SQLite) or inside the event loop's greenlet bridge (PostgreSQL): it must
+        only use the connection, not touch state that the event loop's code shares."""
+        if self._sqlite is None:
+            async with self._writer.begin() as conn:
+                return await conn.run_sync(fn, *args)
+        return await self._sqlite.write(fn, args)
+
+    async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` in one transaction that is rolled back afterwards: on SQLite a snapshot; on
+        PostgreSQL READ COMMITTED unless ``fn`` sets another isolation level before its first statement."""
+        if self._sqlite is None:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(fn, *args)
+        return await self._sqlite.read(fn, args)
 
     def read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """A connection for reads (and read-only transactions)."""
+        """An async connection for reads (and read-only transactions)."""
         return self.engine.connect()
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction: committed when the block ends, rolled back if it raises.
+        """One write transaction on an async connection: committed when the block ends, rolled back if it raises.
 
-        SQLite has one writer at a time. Left to the database, waiting writers sleep in SQLite's busy handler,
-        whose back-off grows to 100 ms a try: under load most of a request's time went there. Queued on an
-        asyncio lock instead, this process's writers take turns without sleeping; other processes on the same
-        file still meet the busy timeout.
+        On SQLite the block holds the writer's turn - the writer thread and the file lock - until it ends, so it
+        queues with ``run_write`` and with other processes; a ``run_write`` awaited inside the block would wait for
+        the block itself.
         """
-        if self._write_lock is None:
+        if self._sqlite is None:
             async with self._writer.begin() as conn:
                 yield conn
             return
-        async with self._write_lock:
+        async with self._sqlite.turn():
             async with self._writer.begin() as conn:
                 yield conn
 
     async def upgrade(self) -> None:
-        async with self._writer.begin() as conn:
-            if self.dialect == "postgresql":
-                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            await conn.run_sync(_alembic_upgrade)
+        await self.run_write(_alembic_upgrade)
 
     async def revision(self) -> str | None:
         """The schema revision the database is at (None: not created yet)."""
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(_current_revision)
+        return await self.run_read(_current_revision)
 
     async def dispose(self) -> None:
+        """Close every connection; on SQLite also wait for the writer and reader threads to finish and end."""
+        if self._sqlite is not None:
+            await asyncio.to_thread(self._sqlite.close)
         await self.engine.dispose()
+
+
+class _SqliteThreads:
+    """A sync engine on the SQLite file, with its one writer thread and its reader threads."""
+
+    def __init__(self, url: sa.URL, lock_path: str) -> None:
+        # One connection per thread; each is used by one thread at a time, not always the one that opened it.
+        self.engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                                       pool_size=_SQLITE_READERS + 1, max_overflow=0)
+        _sqlite_setup(self.engine)
+        self._writer = self.engine.execution_options(imagegate_write=True)
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="imagegate-db-write")
+        self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None  # opened by the writer thread on its first write, used only there
+
+    async def write(self, fn: Callable[..., T], args: tuple) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._write_thread, self._write, fn, args)
+
+    async def read(self, fn: Callable[..., T], args: tuple) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._read, fn, args)
+
+    def _write(self, fn: Callable[..., T], args: tuple) -> T:
+        with self._file_lock(), self._writer.begin() as conn:
+            return fn(conn, *args)
+
+    def _read(self, fn: Callable[..., T], args: tuple) -> T:
+        with self.engine.connect() as conn:
+            return fn(conn, *args)
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """This process's turn among the processes writing to the file. A process that dies holding it lets go."""
+        if self._lock_fd is None:
+            # Read-only is enough to flock, and lets a lock file made by another user (`sudo imagegate ...`) serve.
+            self._lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """The writer's turn for an async block: the writer thread waits, holding the file lock, until it ends."""
+        loop = asyncio.get_running_loop()
+        taken = loop.create_future()
+        ended = threading.Event()
+
+        def hold() -> None:
+            with self._file_lock():
+                loop.call_soon_threadsafe(taken.set_result, None)
+                ended.wait()
+
+        job = asyncio.wrap_future(self._write_thread.submit(hold), loop=loop)
+        try:
+            await asyncio.wait((taken, job), return_when=asyncio.FIRST_COMPLETED)
+            if not taken.done():
+                job.result()  # it failed before the turn began: raise why
+            yield
+        finally:
+            ended.set()
+            job.cancel()  # still queued (the block was cancelled while waiting): never run it
+
+    def close(self) -> None:
+        """Let running and queued work finish, end the threads, close the connections and the lock file."""
+        self._write_thread.shutdown()
+        self._read_threads.shutdown()
+        self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def head_revision() -> str:
@@ -117,6 +227,8 @@ def _alembic_config(connection):
 def _alembic_upgrade(connection) -> None:
     from alembic import command
 
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
     quiet = logging.getLogger("alembic")
     if quiet.level == logging.NOTSET:  # its INFO lines on every start say nothing an operator needs
         quiet.setLevel(logging.WARNING)
@@ -129,8 +241,8 @@ def _current_revision(connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see _begin).
         dbapi_connection.isolation_level = None
@@ -141,7 +253,7 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn) -> None:
         write = conn.get_execution_options().get("imagegate_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,248 @@
+"""The ways into the database: one-hop transactions (run_write / run_read) that roll back whole, SQLite writers
+taking turns within a process (the writer thread) and across processes (flock of the lock file), async write
+blocks queueing with them, and dispose ending every thread."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from imagegate.db import LOCK_SUFFIX, Database
+from imagegate.db.schema import accounts
+from tests.db.backends import fresh_url, open_store
+from tests.db.test_ledger import check_invariants
+
+
+def _insert_account(conn, name: str) -> None:
+    conn.execute(sa.insert(accounts).values(name=name, group_name="default", balance_micro=0, held_micro=0,
+                                            created_at=time.time()))
+
+
+def _names(conn) -> list[str]:
+    return list(conn.execute(sa.select(accounts.c.name).order_by(accounts.c.id)).scalars())
+
+
+async def _upgraded(url: str) -> Database:
+    db = Database(url)
+    await db.upgrade()
+    return db
+
+
+def _sqlite(tmp_path) -> tuple[str, Path]:
+    """(URL, lock file) of a fresh SQLite database."""
+    url, _ = fresh_url("sqlite", tmp_path)
+    return url, tmp_path / f"test-imagegate.db{LOCK_SUFFIX}"
+
+
+def test_run_write_rolls_back_whole_when_its_function_raises(database_url):
+    def half_then_fail(conn) -> None:
+        _insert_account(conn, "half")
+        raise ValueError("boom")
+
+    async def main():
+        db = await _upgraded(database_url)
+        try:
+            with pytest.raises(ValueError, match="boom"):
+                await db.run_write(half_then_fail)
+            await db.run_write(_insert_account, "whole")  # the writer is free again
+            return await db.run_read(_names)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(main()) == ["whole"]
+
+
+def test_writers_wait_for_the_file_lock_another_process_holds(tmp_path):
+    """The lock file is the turn among processes: while someone else holds it, no write of ours begins."""
+    url, lock_path = _sqlite(tmp_path)
+
+    async def main():
+        db = await _upgraded(url)
+
+        async def block() -> None:
+            async with db.write() as conn:
+                await conn.execute(sa.insert(accounts).values(name="b", group_name="default", created_at=time.time()))
+
+        fd = os.open(lock_path, os.O_RDONLY)  # an open file of its own: to flock, as good as another process
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            write = asyncio.create_task(db.run_write(_insert_account, "a"))
+            await asyncio.sleep(0.05)
+            held = asyncio.create_task(block())
+            await asyncio.sleep(0.3)
+            assert not write.done() and not held.done()
+            assert await db.run_read(_names) == []  # reads do not wait
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            await asyncio.wait_for(asyncio.gather(write, held), 10)
+            assert await db.run_read(_names) == ["a", "b"]
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go of afterwards, too
+        finally:
+            os.close(fd)
+            await db.dispose()
+
+    asyncio.run(main())
+
+
+def test_a_write_block_holds_the_writers_turn_while_it_awaits(tmp_path):
+    url, lock_path = _sqlite(tmp_path)
+
+    async def main():
+        db = await _upgraded(url)
+        try:
+            async with db.write() as conn:
+                await conn.execute(sa.insert(accounts).values(name="block", group_name="default",
+                                                              created_at=time.time()))
+                queued = asyncio.create_task(db.run_write(_insert_account, "queued"))
+                await asyncio.sleep(0.2)  # awaiting inside the block: nothing deadlocks, the writer just waits
+                assert not queued.done()
+                fd = os.open(lock_path, os.O_RDONLY)
+                try:
+                    with pytest.raises(BlockingIOError):  # other processes wait too
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                finally:
+                    os.close(fd)
+            await asyncio.wait_for(queued, 10)
+            return await db.run_read(_names)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(main()) == ["block", "queued"]
+
+
+def test_a_write_block_cancelled_while_waiting_for_its_turn_gives_it_up(tmp_path):
+    url, _ = _sqlite(tmp_path)
+
+    async def main():
+        db = await _upgraded(url)
+
+        async def waiting() -> None:
+            async with db.write():
+                raise AssertionError("a cancelled block must not run")
+
+        try:
+            async with db.write():
+                task = asyncio.create_task(waiting())
+                await asyncio.sleep(0.1)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            await asyncio.wait_for(db.run_write(_insert_account, "after"), 10)
+            return await db.run_read(_names)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(main()) == ["after"]
+
+
+def test_dispose_ends_the_threads_and_closes_the_lock_file(tmp_path):
+    url, lock_path = _sqlite(tmp_path)
+    before = set(threading.enumerate())
+
+    def ours() -> list[str]:
+        return [t.name for t in set(threading.enumerate()) - before if t.name.startswith("imagegate-db")]
+
+    def lock_files_open() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(lock_path.resolve()))
+
+    async def main():
+        db = await _upgraded(url)
+        await asyncio.gather(db.run_write(_insert_account, "a"), *(db.run_read(_names) for _ in range(8)))
+        async with db.write():
+            pass
+        assert ours() and lock_files_open() == 1
+        await db.dispose()
+        return ours(), lock_files_open()
+
+    assert asyncio.run(main()) == ([], 0)
+
+
+_WORKER = """
+import asyncio, sys
+from imagegate.billing.store import BillingStore, UsageMeta
+from imagegate.catalog.tokens import Usage
+from imagegate.db import Database
+
+url, tag = sys.argv[1], sys.argv[2]
+account_id, key_id, pairs, quote, cost = map(int, sys.argv[3:])
+
+
+async def main():
+    db = Database(url)
+    store = BillingStore(db)
+    await store.register()
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    async def worker(w):
+        for i in range(pairs // 8):
+            meta = UsageMeta(request_id=f"{tag}-{w}-{i}", endpoint="images", model="gpt-image-1", engine="sandbox",
+                             operation="generate", size="1024x1024", quality="low", stream=False, n_asked=1,
+                             key_prefix="sk-ig-test00", account_id=account_id, metered=True, quote_micro=quote)
+            hold_id, usage_id, _ = await store.place_hold(meta, key_id=key_id, idem=("acct", meta.request_id, "h"))
+            await store.settle(hold_id=hold_id, usage_id=usage_id, cost_micro=cost, delivered=1, usage=Usage(),
+                               latency_ms=1, status="ok", error_code=None, idem=("acct", meta.request_id),
+                               idem_result={"status": 200})
+
+    try:
+        await asyncio.gather(*(worker(w) for w in range(8)))
+        await store.unregister()
+    finally:
+        await db.dispose()
+
+
+asyncio.run(main())
+"""
+
+
+def test_processes_sharing_the_database_settle_exactly(database_url):
+    """Server processes (``serve --workers``) on one database, each with eight requests in flight at a time: every
+    hold and settlement lands, none fails on a locked database, and the books balance to the micro-dollar."""
+    processes, pairs, quote, cost = 3, 96, 10_000, 7_000
+
+    async def prepare():
+        async with open_store(database_url) as store:
+            account = await store.create_account("acme", balance_micro=10**9)
+            key, _ = await store.create_key("acme")
+            return account.id, key.id
+
+    account_id, key_id = asyncio.run(prepare())
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, database_url, f"p{n}", *map(str, (account_id, key_id, pairs, quote, cost))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for n in range(processes)
+    ]
+    try:
+        assert [w.stdout.readline().strip() for w in workers] == ["ready"] * processes
+        for w in workers:  # all at once
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        for w in workers:
+            _, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+    finally:
+        for w in workers:
+            w.kill()
+
+    async def audit():
+        async with open_store(database_url) as store:
+            return await store.totals("acme"), (await store.keys("acme"))[0], len(await store.usage("acme", 10_000))
+
+    totals, key, rows = asyncio.run(audit())
+    charged = processes * pairs * cost
+    assert rows == processes * pairs
+    assert totals["balance"] == 10**9 - charged and totals["settle"] == totals["usage_cost"] == charged
+    assert totals["held"] == totals["open_holds"] == 0
+    assert key.spent_micro == charged and key.held_micro == 0
+    check_invariants(totals)
