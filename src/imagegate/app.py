@@ -20,6 +20,7 @@ from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from imagegate.catalog import Catalog, load_catalog
 from imagegate.config import ConfigError, Settings
 from imagegate.engines.sandbox import SandboxEngine
+from imagegate.engines.upstream import UpstreamSession
 from imagegate.gateway import Gateway
 from imagegate.moderation import ModerationClient
 from imagegate.routing import build_router, route_catalog
@@ -109,11 +110,7 @@ def create_app(
         unknown = sorted({m for c in settings.channels for m in c.models if catalog.get(m) is None})
         if unknown:
             raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
-        upstream_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            follow_redirects=True,
-        )
+        upstream_client = UpstreamSession()
         router = build_router(settings.channels, upstream_client)
         engines["relay"] = router
         catalog = route_catalog(catalog, router)

@@ -12,14 +12,16 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
 
-import httpx
 
 from imagegate.catalog import Catalog, Model
 from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, Job
 from imagegate.errors import EngineError, UpstreamError
+
+if TYPE_CHECKING:
+    from imagegate.engines.upstream import UpstreamSession
 
 log = logging.getLogger("imagegate.routing")
 
@@ -189,7 +191,7 @@ class Router:
         return None
 
 
-def build_router(channels: tuple[ChannelConfig, ...], client: httpx.AsyncClient) -> Router:
+def build_router(channels: tuple[ChannelConfig, ...], client: UpstreamSession) -> Router:
     from imagegate.engines.chat_relay import ChatImageEngine
     from imagegate.engines.openai_compat import OpenAICompatEngine
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 
 import httpx
@@ -271,6 +272,25 @@ def test_data_uri_b64_and_missing_usage_are_normalised(faults, tmp_path):
         assert not result.data[0].b64_json.startswith("data:")
         assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
         assert result.usage.output_tokens == 272  # estimated from the token table
+    finally:
+        live.stop()
+
+
+def test_upstream_stream_with_megabyte_events_and_crlf_lines(faults, tmp_path):
+    # A partial image of real size arrives as one SSE line of megabytes; some servers end lines with CRLF.
+    big = base64.b64encode(os.urandom(3 * 1024 * 1024)).decode()  # stands in for a partial image's bytes
+    partial = {"type": "image_generation.partial_image", "b64_json": B64, "partial_image_index": 0,
+               "padding": big}
+    done = {"type": "image_generation.completed", "b64_json": B64, "usage": json.loads(ok_body())["usage"]}
+    stream = "".join(f"event: {e['type']}\r\ndata: {json.dumps(e)}\r\n\r\n" for e in (partial, done))
+    faults.default = Reply(200, stream.encode(), {"content-type": "text/event-stream"})
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        events = list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024",
+                                             quality="low", stream=True, partial_images=1))
+        assert [e.type for e in events] == ["image_generation.partial_image", "image_generation.completed"]
+        assert decode_b64(events[0].b64_json).size == decode_b64(events[1].b64_json).size == (1024, 1024)
+        assert events[1].usage.output_tokens == 272  # the upstream's own usage, passed on
     finally:
         live.stop()
 

@@ -14,7 +14,7 @@ import json
 import re
 from typing import AsyncIterator
 
-import httpx
+import aiohttp
 
 from imagegate.catalog.sizes import ratio_from_prompt, ratio_label
 from imagegate.config import ChannelConfig
@@ -27,6 +27,8 @@ from imagegate.engines.upstream import (
     stream_error,
     trusted_hosts,
     upstream_call,
+    UpstreamRequest,
+    UpstreamSession,
     usage_from,
     with_deadline,
 )
@@ -38,7 +40,7 @@ _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
 
 
 class ChatImageEngine:
-    def __init__(self, channel: ChannelConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, channel: ChannelConfig, client: UpstreamSession) -> None:
         self.channel = channel
         self.client = client
         self.name = f"chat-image:{channel.name}"
@@ -66,9 +68,7 @@ class ChatImageEngine:
         channel = self.channel
         headers = {"Authorization": f"Bearer {channel.api_key}"} if channel.api_key else {}
         body = self._body(job)
-        request = self.client.build_request(
-            "POST", f"{channel.base_url.rstrip('/')}/chat/completions", json=body, headers=headers
-        )
+        request = UpstreamRequest("POST", f"{channel.base_url.rstrip('/')}/chat/completions", headers, json_body=body)
         text = ""
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
@@ -112,7 +112,7 @@ class ChatImageEngine:
                 data_bytes, fmt, size = await asyncio.to_thread(
                     conform, raw, job.output_format, job.output_compression, job.transparent
                 )
-            except (ValueError, httpx.HTTPError, OSError) as exc:
+            except (ValueError, aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError(
                     f"Downloading image {index} from the upstream '{channel.name}' failed: {exc}.",
                     code="upstream_bad_response", failure_policy=channel.failure_policy,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
 
 from imagegate.catalog.tokens import Usage
@@ -28,6 +28,8 @@ from imagegate.engines.upstream import (
     strip_data_url,
     trusted_hosts,
     upstream_call,
+    UpstreamRequest,
+    UpstreamSession,
     usage_from,
     with_deadline,
 )
@@ -45,7 +47,7 @@ _DEFAULT_DROPS = {
 
 
 class OpenAICompatEngine:
-    def __init__(self, channel: ChannelConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, channel: ChannelConfig, client: UpstreamSession) -> None:
         self.channel = channel
         self.client = client
         self.name = f"openai:{channel.name}"
@@ -87,19 +89,24 @@ class OpenAICompatEngine:
                 headers["Authorization"] = f"Bearer {self.channel.api_key}"
         return headers
 
-    def _request(self, job: Job) -> httpx.Request:
+    def _request(self, job: Job) -> UpstreamRequest:
         base = self.channel.base_url.rstrip("/")
         params = self._params(job)
         if job.operation == "generate":
-            return self.client.build_request("POST", f"{base}/images/generations", json=params, headers=self._headers())
-        files: list[tuple[str, tuple[str, bytes, str]]] = []
-        field = "image[]" if len(job.image_files) > 1 else "image"
-        for index, (data, fmt) in enumerate(job.image_files):
-            files.append((field, (f"image_{index}.{fmt}", data, f"image/{fmt}")))
-        if job.mask_file is not None:
-            files.append(("mask", ("mask.png", job.mask_file[0], "image/png")))
-        data = {k: _form_value(v) for k, v in params.items()}
-        return self.client.build_request("POST", f"{base}/images/edits", data=data, files=files, headers=self._headers())
+            return UpstreamRequest("POST", f"{base}/images/generations", self._headers(), json_body=params)
+
+        def form() -> aiohttp.FormData:
+            built = aiohttp.FormData()
+            for name, value in params.items():
+                built.add_field(name, _form_value(value))
+            field = "image[]" if len(job.image_files) > 1 else "image"
+            for index, (data, fmt) in enumerate(job.image_files):
+                built.add_field(field, data, filename=f"image_{index}.{fmt}", content_type=f"image/{fmt}")
+            if job.mask_file is not None:
+                built.add_field("mask", job.mask_file[0], filename="mask.png", content_type="image/png")
+            return built
+
+        return UpstreamRequest("POST", f"{base}/images/edits", self._headers(), form=form)
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -157,13 +164,13 @@ class OpenAICompatEngine:
         for index, item in enumerate(items[: job.n]):
             try:
                 done = await self._image(job, index, item)
-            except (ValueError, httpx.HTTPError, OSError) as exc:
+            except (ValueError, aiohttp.ClientError, OSError) as exc:
                 raise self._malformed(f"image {index}: {exc}") from None
             yield done
         delivered = min(len(items), job.n)
         yield JobDone(usage_from(payload.get("usage"), job, delivered))
 
-    async def _read_stream(self, job: Job, response: httpx.Response) -> AsyncIterator[Event]:
+    async def _read_stream(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         index = 0
         usage = Usage()
         saw_usage = False
@@ -184,7 +191,7 @@ class OpenAICompatEngine:
             elif kind.endswith(".completed"):
                 try:
                     done = await self._image(job, index, event)
-                except (ValueError, httpx.HTTPError, OSError) as exc:
+                except (ValueError, aiohttp.ClientError, OSError) as exc:
                     raise self._malformed(str(exc)) from None
                 yield done
                 if isinstance(event.get("usage"), dict):

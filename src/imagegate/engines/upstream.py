@@ -1,5 +1,9 @@
-"""What every relaying engine needs: classifying upstream failures, decoding image payloads, downloading
-url-only answers within limits."""
+"""What every relaying engine needs: the upstream HTTP session, classifying upstream failures, decoding image
+payloads, downloading url-only answers within limits.
+
+Upstream calls go through aiohttp: its C parser hands a 4 MB image answer over in a few large pieces, where a
+pure-Python HTTP stack spent more time per relayed request than everything else in the gateway together.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import urljoin, urlsplit
 
-import httpx
-import httpcore
+import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 
 from imagegate import imaging
 from imagegate.catalog import Size
@@ -29,16 +33,66 @@ from imagegate.fetch import public_host
 if TYPE_CHECKING:
     from imagegate.config import ChannelConfig
 
-# httpcore reads responses 64 KiB at a time, and every read costs a trip through anyio: a 4 MB image answer
-# took ~100 of them. A larger read size only lets one read take what the socket already holds.
-if hasattr(httpcore, "AsyncHTTP11Connection"):
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, 1 << 20)
+_READ_BUFFER = 1 << 20  # bytes a response read may take at once; an image answer is megabytes
+# Below the idle timeout of common servers (uvicorn closes after 5 s): reusing a connection the upstream is
+# closing fails the request after it was sent, which cannot be retried safely.
+_KEEPALIVE_SECONDS = 4.0
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class UpstreamSession:
+    """The one HTTP session every channel shares (one connection pool), made on first use inside the server's
+    event loop and closed at shutdown."""
+
+    def __init__(self, *, connect_timeout: float = 10.0) -> None:
+        self.connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS),
+                # A whole-answer deadline is the channel's (see with_deadline), not the session's.
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
+                read_bufsize=_READ_BUFFER,
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass
+class UpstreamRequest:
+    """One call to an upstream: a JSON body, or a multipart form built fresh for each attempt (a form is spent
+    once sent)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    json_body: Any = None
+    form: Callable[[], aiohttp.FormData] | None = None
+
+    def body(self) -> Any:
+        if self.form is not None:
+            return self.form()
+        if self.json_body is not None:
+            return orjson.dumps(self.json_body)
+        return None
+
+    def all_headers(self) -> dict[str, str]:
+        if self.json_body is not None and self.form is None:
+            return {"Content-Type": "application/json", **self.headers}
+        return self.headers
 
 # Statuses that prove the upstream did not start on the image: it was refused or not reached.
 NOTHING_GENERATED_STATUSES = {429, 502, 503}
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_seconds(headers: "CIMultiDictProxy[str] | dict[str, str]") -> float | None:
     """Retry-After as seconds (delta or HTTP date), or retry-after-ms."""
     if "retry-after-ms" in headers:
         try:
@@ -60,7 +114,9 @@ def _short_code(value: Any, default: str) -> str:
     return str(value)[:64] if value not in (None, "") else default
 
 
-def error_from_response(response: httpx.Response, body: bytes, channel: str, failure_policy: str) -> UpstreamError:
+def error_from_response(
+    response: aiohttp.ClientResponse, body: bytes, channel: str, failure_policy: str
+) -> UpstreamError:
     """Map an upstream error answer to our envelope, keeping its status, type, code and param.
 
     Two exceptions. 401/403/404 say the channel is misconfigured (its key, its model name), not the request: the
@@ -68,7 +124,7 @@ def error_from_response(response: httpx.Response, body: bytes, channel: str, fai
     like 429 and other refusals before any work, are never charged whatever the channel's failure policy; a 400
     (the request itself refused, moderation included) follows the policy, since such upstreams bill it.
     """
-    status = response.status_code
+    status = response.status
     upstream: dict[str, Any] = {}
     try:
         parsed = json.loads(body)
@@ -113,15 +169,19 @@ def stream_error(err: Any, channel: str, failure_policy: str) -> UpstreamError:
     )
 
 
+# Failures that prove the request never reached the upstream: no connection was made.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
 def transport_error(exc: Exception, channel: str, failure_policy: str, *, sent: bool) -> UpstreamError:
     """A failure without an answer. Before the request was sent nothing can have been generated; after, the
     upstream may be working on (and billing) the image."""
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or not sent:
+    if isinstance(exc, _NOT_SENT) or not sent:
         return UpstreamError(
             f"Could not reach the upstream '{channel}': {type(exc).__name__}.",
             status=502, code="upstream_unreachable", nothing_generated=True, failure_policy=failure_policy,
         )
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
         error = EngineTimeout(f"The upstream '{channel}' did not answer in time.", code="upstream_timeout")
         return UpstreamError(
             error.message, status=504, code="upstream_timeout", nothing_generated=False, failure_policy=failure_policy,
@@ -147,12 +207,10 @@ def decode_b64_image(value: str) -> bytes:
         raise ValueError("b64_json is not valid base64") from None
 
 
-async def read_body(response: httpx.Response, max_bytes: int, *, truncate: bool = False) -> bytes:
-    """The body, up to a limit (past it: an error, or with ``truncate`` the first ``max_bytes``). Not
-    ``response.aread()``: that caches the body on the response, and httpx's response and stream reference each
-    other, so megabytes would live until the cycle collector runs."""
+async def read_body(response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False) -> bytes:
+    """The body, up to a limit (past it: an error, or with ``truncate`` the first ``max_bytes``)."""
     chunks, total = [], 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         total += len(chunk)
         if total > max_bytes:
             if truncate:
@@ -160,7 +218,7 @@ async def read_body(response: httpx.Response, max_bytes: int, *, truncate: bool 
                 break
             raise ValueError(f"the upstream's answer is larger than {max_bytes:,} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 ERROR_BODY_LIMIT = 64 * 1024  # an error answer is a message, not a payload
@@ -187,26 +245,25 @@ async def with_deadline(channel: "ChannelConfig", attempt: Callable[[Attempt], A
 
 @contextlib.asynccontextmanager
 async def upstream_call(
-    client: httpx.AsyncClient, request: httpx.Request, channel: "ChannelConfig", state: Attempt
-) -> AsyncIterator[httpx.Response]:
+    session: UpstreamSession, request: UpstreamRequest, channel: "ChannelConfig", state: Attempt
+) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send ``request`` and hand over the streaming response; error answers and transport failures become
     UpstreamErrors, classified by whether the upstream can have started on the image."""
     try:
         state.sent = True  # from here on the upstream may be working on the image
-        response = await client.send(request, stream=True)
-        try:
-            if response.status_code >= 400:
+        async with session.get().request(
+            request.method, request.url, data=request.body(), headers=request.all_headers()
+        ) as response:
+            if response.status >= 400:
                 body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
                 raise error_from_response(response, body, channel.name, channel.failure_policy)
             yield response
-        finally:
-            await response.aclose()
     except UpstreamError:
         raise
-    except (httpx.HTTPError, OSError) as exc:
+    except (aiohttp.ClientError, OSError) as exc:
         # Only a failed connect proves the request never left; anything later may have started the image.
-        left = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-        raise transport_error(exc, channel.name, channel.failure_policy, sent=left) from None
+        raise transport_error(exc, channel.name, channel.failure_policy, sent=not isinstance(exc, _NOT_SENT)) \
+            from None
 
 
 async def within(
@@ -233,7 +290,7 @@ async def within(
 
 
 async def download(
-    client: httpx.AsyncClient, url: str, *, max_bytes: int, trusted_hosts: frozenset[str] = frozenset(),
+    session: UpstreamSession, url: str, *, max_bytes: int, trusted_hosts: frozenset[str] = frozenset(),
     max_redirects: int = 3,
 ) -> bytes:
     """An image an upstream pointed to. The URL came over the wire, so every hop must be a public address or a
@@ -242,12 +299,12 @@ async def download(
         host = urlsplit(url).hostname or ""
         if host not in trusted_hosts and not await public_host(url):
             raise ValueError(f"refusing to download from {host or url!r}: not a public address")
-        async with client.stream("GET", url, follow_redirects=False) as response:
-            if response.is_redirect and "location" in response.headers:
+        async with session.get().get(url, allow_redirects=False) as response:
+            if response.status in _REDIRECTS and "location" in response.headers:
                 url = urljoin(url, response.headers["location"])
                 continue
-            if response.status_code != 200:
-                raise ValueError(f"image download answered HTTP {response.status_code}")
+            if response.status != 200:
+                raise ValueError(f"image download answered HTTP {response.status}")
             return await read_body(response, max_bytes)
     raise ValueError("image download redirected too many times")
 
@@ -321,10 +378,10 @@ def loads_images_json(body: bytes) -> Any:
     return doc
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The ``data:`` payloads of an SSE stream, multi-line data joined."""
     lines: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in _lines(response.content):
         if line == "":
             if lines:
                 yield "\n".join(lines)
@@ -333,6 +390,24 @@ async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
             lines.append(line[5:].lstrip(" "))
     if lines:
         yield "\n".join(lines)
+
+
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """Lines of any length (an event carrying a partial image is one line of megabytes, past what aiohttp's own
+    line reader takes), without their line break."""
+    pending: list[bytes] = []
+    async for chunk in stream.iter_any():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending.append(chunk[start:end])
+            line = b"".join(pending)
+            pending = []
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+            start = end + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+    if pending:
+        yield b"".join(pending).removesuffix(b"\r").decode("utf-8", "replace")
 
 
 def usage_from(raw: Any, job: Job, delivered: int) -> Usage:
