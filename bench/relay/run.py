@@ -157,6 +157,8 @@ def main() -> int:
                         help="imagegate's ledger database (default: SQLite in its data dir)")
     parser.add_argument("--unmetered", dest="metered", action="store_false",
                         help="imagegate with a static key only (no accounts, no ledger)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server processes for imagegate and LiteLLM (default: one per core, as nginx's auto)")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -230,8 +232,8 @@ concurrency = 64
                 keys["imagegate"] = made.stdout.strip().splitlines()[-1]
             env = {**os.environ, "IMAGEGATE_DATABASE_URL": args.database_url} if args.database_url else None
             proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(workdir / "ig-data"),
-                                     "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    env=env)
+                                     "--config", str(config), "--workers", str(args.workers)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             procs.append(proc)
             targets["imagegate"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
 
@@ -253,7 +255,7 @@ litellm_settings:
 """)
             env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
             proc = subprocess.Popen([str(exe), "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
-                                     "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     "--num_workers", str(args.workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     env=env)
             procs.append(proc)
             targets["litellm"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
@@ -285,7 +287,7 @@ litellm_settings:
                 print(f"imagegate / {other}: req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, "
                       f"p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}")
     (HERE / "results.json").write_text(json.dumps({"payload_bytes": len(body), "imagegate_metered": args.metered,
-                                                   "results": results}, indent=2) + "\n")
+                                                   "workers": args.workers, "results": results}, indent=2) + "\n")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -30,6 +31,8 @@ from imagegate.storage.local import load_or_create_secret
 log = logging.getLogger("imagegate")
 
 KEY_FILE = "api_key.txt"
+# How `serve --workers N` hands its settings sources (config file, flags) to the worker processes.
+WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
 
 
 def ensure_api_keys(settings: Settings) -> tuple[tuple[str, ...], str | None]:
@@ -87,7 +90,7 @@ def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):
         # Static keys stay an explicit, unmetered mode: configured ones, or a key file made earlier; with
         # metering on, no static key is created behind the operator's back.
         static = settings.api_keys or _existing_key(settings)
-        keys = DbKeys(store, StaticKeys(static) if static else None)
+        keys = DbKeys(store, StaticKeys(static) if static else None, cache_seconds=settings.key_cache_seconds)
     return Billing(prices, store), keys, BillingRuntime(store, heartbeat_interval=settings.heartbeat_interval_seconds)
 
 
@@ -188,6 +191,59 @@ async def _janitor(storage: LocalStorage, interval: float) -> None:
         except Exception:  # the janitor must outlive a bad sweep
             log.exception("janitor sweep failed")
         await asyncio.sleep(interval)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Build the app once and make what worker processes must find made, not race to make: the URL-signing
+    secret (two workers drawing their own would reject each other's links) and, with metering, the schema."""
+    create_app(settings)  # raises ConfigError on a bad setting
+    load_or_create_secret(settings.data_dir / "url_secret.key")
+    from imagegate.billing import metering_enabled
+
+    if metering_enabled(settings):
+        from imagegate.db import opened, resolve_url
+
+        async def upgrade() -> None:
+            async with opened(resolve_url(settings.database_url, settings.data_dir)):
+                pass
+
+        asyncio.run(upgrade())
+
+
+def _prepare_child(settings: Settings, answer) -> None:
+    try:
+        prepare_data_dir(settings)
+    except Exception as exc:  # every problem goes back to the parent as its one line
+        answer.send(str(exc) or type(exc).__name__)
+    else:
+        answer.send("")
+
+
+def check_in_subprocess(settings: Settings) -> str:
+    """prepare_data_dir in a spawned process; returns its problem ("" if none)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_prepare_child, args=(settings, send), name="imagegate-check")
+    child.start()
+    send.close()
+    try:
+        problem = receive.recv()
+    except EOFError:
+        problem = f"the start-up check died (exit code {child.exitcode})"
+    child.join()
+    return problem
+
+
+def worker_app() -> FastAPI:
+    """The app of one `serve --workers N` process (uvicorn's factory): settings read as the parent read them."""
+    from imagegate.config import load_settings
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)
 
 
 def _version() -> str:

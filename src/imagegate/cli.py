@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,13 +15,11 @@ from imagegate.config import ConfigError, load_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imagegate.app import create_app, ensure_api_keys
+    from imagegate.app import WORKER_ENV, check_in_subprocess, create_app, ensure_api_keys
 
+    overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "workers": args.workers}
     try:
-        settings = load_settings(
-            args.config,
-            overrides={"host": args.host, "port": args.port, "data_dir": args.data_dir},
-        )
+        settings = load_settings(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 2
@@ -30,7 +30,14 @@ def _serve(args: argparse.Namespace) -> int:
     # With metering on, keys come from `imagegate keys create`; no unmetered key is made behind the operator's back.
     keys, created = ensure_api_keys(settings) if not metered else (settings.api_keys, None)
     try:
-        app = create_app(settings)
+        if settings.workers == 1:
+            app = create_app(settings)
+        else:
+            # Built and checked once in a throwaway process: a bad setting stops the start here instead of
+            # failing every worker over and over, and this supervisor stays small (it only watches the workers).
+            problem = check_in_subprocess(settings)
+            if problem:
+                raise ConfigError(problem)
     except ConfigError as exc:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 2
@@ -40,14 +47,19 @@ def _serve(args: argparse.Namespace) -> int:
         print("Metered: accounts and keys from `imagegate accounts create` / `imagegate keys create`", flush=True)
     elif not settings.api_keys:
         print(f"API key: see {settings.data_dir / 'api_key.txt'}", flush=True)
-    print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir})", flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
+    print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir}{workers})",
+          flush=True)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+        return 0
+    # Workers are fresh processes: they read the same settings again, from the same file, environment and flags.
+    os.environ[WORKER_ENV] = json.dumps({
+        "config": str(args.config) if args.config else None,
+        "overrides": {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items() if v is not None},
+    })
+    uvicorn.run("imagegate.app:worker_app", factory=True, workers=settings.workers, **common)
     return 0
 
 
@@ -80,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--data-dir", type=Path, default=None)
     serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    serve.add_argument("--workers", type=int, default=None, help="server processes (default 1)")
     serve.set_defaults(func=_serve)
 
     generate = sub.add_parser("generate", help="generate images through any OpenAI-compatible endpoint")

@@ -56,6 +56,9 @@ class Settings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Server processes sharing the port. Each has its own event loop, so a busy relay uses every core; they share
+    # the data dir and the database, while circuit breakers, channel concurrency caps and queues are per process.
+    workers: int = Field(1, ge=1, le=64)
     data_dir: Path = Path("imagegate-data")
     # Static bearer keys. Empty means: create one on first start and keep it in the data dir.
     api_keys: tuple[str, ...] = ()
@@ -93,6 +96,9 @@ class Settings(BaseModel):
     hold_ttl_seconds: int = Field(3600, ge=60)  # a hold whose server stops heart-beating is released after this
     idempotency_ttl_seconds: int = Field(86400, ge=60)  # how long a retry with the same Idempotency-Key replays
     heartbeat_interval_seconds: float = Field(10.0, gt=0)
+    # How long a server remembers a valid key instead of asking the database again. A revocation made through
+    # another process (the CLI, another replica) takes effect within this; 0 asks the database every time.
+    key_cache_seconds: float = Field(2.0, ge=0, le=300)
     channels: tuple[ChannelConfig, ...] = ()
 
     @field_validator("api_keys", "guard_rule_files", mode="before")

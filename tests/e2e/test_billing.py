@@ -75,12 +75,28 @@ def test_quote_runs_nothing_and_matches_the_charge(metered):
     assert raw.headers["x-imagegate-cost"] == answer["cost"]["usd"]
 
 
+def test_a_revocation_made_elsewhere_applies_within_the_key_cache_time(backend, tmp_path):
+    from imagegate.cli import main
+
+    with metered_server(backend, tmp_path, key_cache_seconds=0.5) as live:
+        key = new_account(live, "acme", "1")
+        client(live, key).images.generate(**LOW)
+        where = ["--data-dir", str(live.settings.data_dir), "--database-url", live.settings.database_url]
+        assert main(["keys", "revoke", key[:12], *where]) == 0  # another process: the CLI
+        time.sleep(0.7)
+        with pytest.raises(openai.AuthenticationError) as exc:
+            client(live, key).images.generate(**LOW)
+        assert exc.value.code == "api_key_revoked"
+        assert totals(live, "acme")["settle"] == 11_025  # the one request before the revocation
+
+
 def test_keys_revoked_expired_unknown_are_401_saying_so(metered):
     key = new_account(metered, "acme", "1")
     expired = admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "2020-01-01T00:00:00Z"}).json()
     with pytest.raises(openai.AuthenticationError) as exc:
         client(metered, expired["key"]).images.generate(**LOW)
     assert exc.value.code == "api_key_expired" and "expired on 2020-01-01" in exc.value.message
+    client(metered, key).images.generate(**LOW)  # the server remembers the key now
     assert admin(metered, "POST", f"/keys/{key[:12]}/revoke").json()["state"] == "revoked"
     with pytest.raises(openai.AuthenticationError) as exc:
         client(metered, key).images.generate(**LOW)
@@ -88,7 +104,7 @@ def test_keys_revoked_expired_unknown_are_401_saying_so(metered):
     with pytest.raises(openai.AuthenticationError) as exc:
         client(metered, "sk-ig-" + "x" * 43).images.generate(**LOW)
     assert exc.value.code == "invalid_api_key"
-    assert totals(metered, "acme")["hold"] == 0
+    assert totals(metered, "acme")["hold"] == 11_025  # only the request made before the revocation
 
 
 def test_allowed_models_and_the_keys_own_limit(metered):

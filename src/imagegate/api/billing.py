@@ -17,7 +17,7 @@ from imagegate.api.render import FastJSONResponse, StreamRenderer, images_respon
 from imagegate.api.wire import base_url, content_type, json_body
 from imagegate.billing import Billing, Idempotency
 from imagegate.billing.money import amount_dict, usd
-from imagegate.billing.store import KEY_PREFIX, BillingStore
+from imagegate.billing.store import KEY_PREFIX, BillingStore, hash_key
 from imagegate.catalog import parse_size
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import ImageDone
@@ -32,11 +32,21 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 class DbKeys:
-    """API keys from the database (metered), with the static keys still accepted as the unmetered mode."""
+    """API keys from the database (metered), with the static keys still accepted as the unmetered mode.
 
-    def __init__(self, store: BillingStore, static: StaticKeys | None = None) -> None:
+    A key found valid is remembered for ``cache_seconds``: every request needs its key, and a database round
+    trip for it cost more than the hold. Money is never decided from the cache (holds check the balance and the
+    key's limit in the database), so what it delays is only a revocation made by another process; one made
+    through this process's admin API takes effect at once.
+    """
+
+    def __init__(self, store: BillingStore, static: StaticKeys | None = None, *, cache_seconds: float = 2.0,
+                 cache_size: int = 10_000) -> None:
         self.store = store
         self.static = static
+        self.cache_seconds = cache_seconds
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[float, Principal, float | None]] = {}  # secret hash -> (until, who, expiry)
 
     async def authenticate(self, token: str) -> Principal:
         if self.static is not None:
@@ -44,20 +54,40 @@ class DbKeys:
                 return await self.static.authenticate(token)
             except AuthenticationFailed:
                 pass
-        found = await self.store.key_by_secret(token) if token.startswith(KEY_PREFIX) else None
+        if not token.startswith(KEY_PREFIX):
+            raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
+        digest = hash_key(token)
+        cached = self._cache.get(digest)
+        now = time.time()
+        if cached is not None and cached[0] > time.monotonic() and (cached[2] is None or cached[2] > now):
+            return cached[1]
+        found = await self.store.key_by_secret(token)
         if found is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
         key, account = found
-        state = key.state(time.time())
+        state = key.state(now)
         if state == "revoked":
             raise AuthenticationFailed(f"This API key ({key.prefix}...) has been revoked.", code="api_key_revoked")
         if state == "expired":
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(key.expires_at))
             raise AuthenticationFailed(f"This API key ({key.prefix}...) expired on {when}.", code="api_key_expired")
-        return Principal(
+        principal = Principal(
             key_prefix=key.prefix, account=account.name, metered=True, account_id=account.id, key_id=key.id,
             group=account.group, allowed_models=key.allowed_models, guard_policy=key.guard_policy,
         )
+        if self.cache_seconds > 0:
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            self._cache[digest] = (time.monotonic() + self.cache_seconds, principal, key.expires_at)
+        return principal
+
+    def forget(self, prefix: str | None = None) -> None:
+        """Drop remembered keys (those with ``prefix``, or all): the key or its account changed here."""
+        if prefix is None:
+            self._cache.clear()
+            return
+        for digest in [d for d, (_, who, _) in self._cache.items() if who.key_prefix.startswith(prefix)]:
+            del self._cache[digest]
 
 
 def _redact(token: str) -> str:

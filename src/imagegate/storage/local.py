@@ -13,6 +13,7 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,15 @@ def load_or_create_secret(path: Path) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret.hex())
+    # Written aside and linked into place: a process starting alongside sees the whole secret or none, and the
+    # loser of a race adopts the winner's (two secrets would reject each other's links).
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret.hex())
+        os.link(temp, path)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    finally:
+        os.unlink(temp)
     return secret
