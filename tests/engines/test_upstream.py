@@ -16,7 +16,23 @@ from imagegate.engines.upstream import decode_b64_image, loads_images_json, stri
     ],
 )
 def test_lifting_parser_agrees_with_the_real_one(body):
-    assert loads_images_json(body) == orjson.loads(body)
+    assert _text(loads_images_json(body)) == orjson.loads(body)
+
+
+def _text(value):
+    """Lifted strings are views into the body; as text they must equal what the real parser reads."""
+    if isinstance(value, dict):
+        return {k: _text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return bytes(value).decode("ascii") if isinstance(value, memoryview) else value
+
+
+@pytest.mark.parametrize("bad", [b"QU\nJD", "QUJ\u00e9".encode(), b"QU\x00JD", b"QU\x7fJD"])
+def test_lifted_base64_with_raw_control_or_non_ascii_bytes_is_refused(bad):
+    # Such bytes would be spliced into our own answer as they are and break its JSON.
+    with pytest.raises(ValueError, match="base64 never has"):
+        loads_images_json(b'{"data":[{"b64_json":"' + bad + b'"}]}')
 
 
 def test_truncated_answer_is_an_error():
@@ -26,6 +42,9 @@ def test_truncated_answer_is_an_error():
 
 def test_data_url_prefix_is_stripped():
     assert strip_data_url("data:image/png;base64,QUJD") == "QUJD"
+    assert bytes(strip_data_url(memoryview(b"data:image/png;base64,QUJD"))) == b"QUJD"
+    assert bytes(strip_data_url(b"QUJD")) == b"QUJD"
+    assert decode_b64_image(memoryview(b"data:image/png;base64,QUJD")) == b"ABC"
     assert decode_b64_image("data:image/png;base64,QUJD") == b"ABC"
     assert decode_b64_image("QUJD") == b"ABC"
 
@@ -57,3 +76,16 @@ def test_deadline_never_cancels_the_consumer():
         raise AssertionError("no timeout")
 
     assert asyncio.run(main()) == ([1], True)
+
+
+def test_spliced_answer_is_the_json_the_encoder_would_write():
+    from imagegate.api.render import JSONText, dumps
+
+    body = b'{"data":[{"b64_json":"QUJD"},{"b64_json":"REVG"}]}'
+    items = loads_images_json(body)["data"]
+    doc = {"created": 1, "data": [{"b64_json": JSONText(i["b64_json"])} for i in items],
+           "note": "\x00 looks like a placeholder \x00 1", "more": [JSONText(b"R0hJ")] * 11}
+    expected = {"created": 1, "data": [{"b64_json": "QUJD"}, {"b64_json": "REVG"}],
+                "note": "\x00 looks like a placeholder \x00 1", "more": ["R0hJ"] * 11}
+    assert orjson.loads(dumps(doc)) == expected
+    assert dumps({"plain": 1}) == orjson.dumps({"plain": 1})

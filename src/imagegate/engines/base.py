@@ -64,15 +64,16 @@ class PartialImage:
 
 @dataclass(frozen=True)
 class ImageDone:
-    """A finished image. Relays may hand over the upstream's base64 text instead of bytes: passing it through
-    untouched saves decoding and re-encoding megabytes per image; either form is produced on demand."""
+    """A finished image. Relays may hand over the upstream's base64 (as text, or as ASCII bytes still inside the
+    upstream's answer) instead of bytes: passing it through untouched saves decoding and re-encoding megabytes per
+    image; either form is produced on demand."""
 
     image_index: int
     data: bytes | None
     format: str
     size: Size
     revised_prompt: str | None = None
-    b64: str | None = None
+    b64: str | bytes | memoryview | None = None
 
     def __post_init__(self) -> None:
         if self.data is None and self.b64 is None:
@@ -80,13 +81,24 @@ class ImageDone:
 
     def bytes(self) -> bytes:
         if self.data is None:
-            object.__setattr__(self, "data", base64.b64decode(self.b64))
+            object.__setattr__(self, "data", base64.b64decode(self.b64))  # type: ignore[arg-type]
         return self.data  # type: ignore[return-value]
 
     def base64(self) -> str:
         if self.b64 is None:
             object.__setattr__(self, "b64", base64.b64encode(self.data).decode("ascii"))  # type: ignore[arg-type]
+        elif not isinstance(self.b64, str):
+            object.__setattr__(self, "b64", bytes(self.b64).decode("ascii"))
         return self.b64  # type: ignore[return-value]
+
+    def base64_ascii(self) -> bytes | memoryview:
+        """The base64 as ASCII bytes (the alphabet only), without copying what an upstream sent. Not for text
+        that came from a JSON parser: that is what ``base64()`` is for."""
+        if self.b64 is None:
+            object.__setattr__(self, "b64", base64.b64encode(self.data))  # type: ignore[arg-type]
+        if isinstance(self.b64, str):
+            return self.b64.encode("ascii")
+        return self.b64
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import numpy as np
 import orjson
 from multidict import CIMultiDictProxy
 
@@ -192,14 +193,19 @@ def transport_error(exc: Exception, channel: str, failure_policy: str, *, sent: 
     )
 
 
-def strip_data_url(value: str) -> str:
+def strip_data_url(value: str | bytes | memoryview) -> str | bytes | memoryview:
     """Relays send b64_json with or without a ``data:image/...;base64,`` prefix; OpenAI's clients expect none."""
-    if value.startswith("data:"):
-        return value.split(",", 1)[1] if "," in value else ""
+    if isinstance(value, str):
+        if value.startswith("data:"):
+            return value.split(",", 1)[1] if "," in value else ""
+        return value
+    if bytes(value[:5]) == b"data:":
+        comma = bytes(value[:512]).find(b",")
+        return value[comma + 1:] if comma >= 0 else b""
     return value
 
 
-def decode_b64_image(value: str) -> bytes:
+def decode_b64_image(value: str | bytes | memoryview) -> bytes:
     value = strip_data_url(value)
     try:
         return base64.b64decode(value, validate=False)
@@ -339,12 +345,13 @@ def loads_images_json(body: bytes) -> Any:
     """Parse an images answer with its base64 strings lifted out first.
 
     The image strings are nearly all of the bytes, and a JSON parser validates and copies every one of them.
-    Base64 has no quotes or backslashes, so each value ends at the next quote and can be cut out with a byte
-    search; the small remainder goes to the real parser. Anything unusual (escapes, non-string values, a key
-    outside ``data[]``) falls back to parsing the whole body.
+    Base64 has no quotes or backslashes, so each value ends at the next quote and is taken as a view into
+    ``body`` (no copy: the response is spliced from it); the small remainder goes to the real parser. Anything
+    unusual (escapes, non-string values, a key outside ``data[]``) falls back to parsing the whole body.
     """
-    lifted: list[bytes] = []
+    lifted: list[memoryview] = []
     pieces: list[bytes] = []
+    view = memoryview(body)
     pos = 0
     while (found := body.find(_B64_KEY, pos)) >= 0:
         start = found + len(_B64_KEY)
@@ -355,12 +362,12 @@ def loads_images_json(body: bytes) -> Any:
         end = body.find(b'"', start + 1)
         if end < 0:
             raise orjson.JSONDecodeError("unterminated b64_json string", body.decode("utf-8", "replace")[:64], start)
-        value = body[start + 1:end]
-        if b"\\" in value:
+        if body.find(b"\\", start + 1, end) >= 0:
             return orjson.loads(body)
+        _check_plain_ascii(body, start + 1, end)
         pieces.append(body[pos:start])
         pieces.append(b'"\\u0000%d"' % len(lifted))
-        lifted.append(value)
+        lifted.append(view[start + 1:end])
         pos = end + 1
     if not lifted:
         return orjson.loads(body)
@@ -371,11 +378,20 @@ def loads_images_json(body: bytes) -> Any:
     for item in items if isinstance(items, list) else ():
         placeholder = item.get("b64_json") if isinstance(item, dict) else None
         if isinstance(placeholder, str) and placeholder.startswith("\x00"):
-            item["b64_json"] = lifted[int(placeholder[1:])].decode("ascii")
+            item["b64_json"] = lifted[int(placeholder[1:])]
             restored += 1
     if restored != len(lifted):
         return orjson.loads(body)
     return doc
+
+
+def _check_plain_ascii(body: bytes, start: int, end: int) -> None:
+    """A lifted string goes into our own answer as it is, so it must be a valid JSON string on its own: printable
+    ASCII (quotes and backslashes are excluded already). One vectorised pass, not a per-character loop."""
+    if end > start:
+        octets = np.frombuffer(body, np.uint8, count=end - start, offset=start)
+        if octets.min() < 0x20 or octets.max() > 0x7E:
+            raise ValueError("b64_json holds characters that base64 never has")
 
 
 async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
