@@ -243,6 +243,9 @@ def worker_app() -> FastAPI:
     spec = json.loads(os.environ[WORKER_ENV])
     settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from imagegate.memory import keep_freed_buffers
+
+    keep_freed_buffers()
     return create_app(settings)
 
 
