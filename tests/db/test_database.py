@@ -43,6 +43,36 @@ def _sqlite(tmp_path) -> tuple[str, Path]:
     return url, tmp_path / f"test-imagegate.db{LOCK_SUFFIX}"
 
 
+def test_queued_writes_commit_together_and_a_failing_one_is_undone_alone(tmp_path):
+    url, _ = _sqlite(tmp_path)
+    commits = []
+
+    def insert_or_fail(conn, i: int) -> int:
+        _insert_account(conn, f"acct-{i}")
+        if i % 5 == 0:
+            raise ValueError(f"job {i} refused")
+        return i
+
+    async def main():
+        db = await _upgraded(url)
+        sa.event.listen(db._sqlite.engine, "commit", lambda conn: commits.append(1))
+        try:
+            outcomes = await asyncio.gather(*(db.run_write(insert_or_fail, i) for i in range(40)),
+                                            return_exceptions=True)
+            return outcomes, await db.run_read(_names)
+        finally:
+            await db.dispose()
+
+    outcomes, names = asyncio.run(main())
+    for i, outcome in enumerate(outcomes):
+        if i % 5 == 0:
+            assert isinstance(outcome, ValueError) and str(outcome) == f"job {i} refused"
+        else:
+            assert outcome == i
+    assert sorted(names) == sorted(f"acct-{i}" for i in range(40) if i % 5)
+    assert len(commits) < 40  # they went in shared transactions
+
+
 def test_run_write_rolls_back_whole_when_its_function_raises(database_url):
     def half_then_fail(conn) -> None:
         _insert_account(conn, "half")

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
@@ -137,6 +138,22 @@ class Database:
         await self.engine.dispose()
 
 
+@dataclass
+class _WriteJob:
+    fn: Callable[..., Any]
+    args: tuple
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
+    if not future.cancelled():
+        if outcome[0]:
+            future.set_result(outcome[1])
+        else:
+            future.set_exception(outcome[1])
+
+
 class _SqliteThreads:
     """A sync engine on the SQLite file, with its one writer thread and its reader threads."""
 
@@ -150,16 +167,47 @@ class _SqliteThreads:
         self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
         self._lock_path = lock_path
         self._lock_fd: int | None = None  # opened by the writer thread on its first write, used only there
+        self._queue: list[_WriteJob] = []  # writes waiting for the writer thread's next transaction
+        self._queue_lock = threading.Lock()
 
     async def write(self, fn: Callable[..., T], args: tuple) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._write_thread, self._write, fn, args)
+        """Queue ``fn`` for the writer thread. Writes that queue up while it is busy go together: one transaction
+        (and one fsync, one turn of the file lock) for all of them, each in a savepoint of its own, so that one
+        that raises is undone alone. A caller hears its result only once the whole transaction has committed."""
+        loop = asyncio.get_running_loop()
+        job = _WriteJob(fn, args, loop, loop.create_future())
+        with self._queue_lock:
+            self._queue.append(job)
+            first = len(self._queue) == 1
+        if first:  # otherwise a drain already queued will take this job too
+            self._write_thread.submit(self._drain)
+        return await job.future
 
     async def read(self, fn: Callable[..., T], args: tuple) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._read, fn, args)
 
-    def _write(self, fn: Callable[..., T], args: tuple) -> T:
-        with self._file_lock(), self._writer.begin() as conn:
-            return fn(conn, *args)
+    def _drain(self) -> None:
+        with self._queue_lock:
+            jobs, self._queue = self._queue, []
+        jobs = [job for job in jobs if not job.future.cancelled()]  # given up on before it began: never run it
+        if not jobs:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._file_lock(), self._writer.begin() as conn:
+                if len(jobs) == 1:
+                    outcomes.append((True, jobs[0].fn(conn, *jobs[0].args)))  # raising rolls the whole back
+                else:
+                    for job in jobs:
+                        try:
+                            with conn.begin_nested():
+                                outcomes.append((True, job.fn(conn, *job.args)))
+                        except Exception as exc:
+                            outcomes.append((False, exc))
+        except BaseException as exc:  # BEGIN or COMMIT failed, or the one job raised: none of it happened
+            outcomes = [(False, exc)] * len(jobs)
+        for job, outcome in zip(jobs, outcomes):
+            job.loop.call_soon_threadsafe(_settle_future, job.future, outcome)
 
     def _read(self, fn: Callable[..., T], args: tuple) -> T:
         with self.engine.connect() as conn:
