@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +18,21 @@ from imagegate.app import create_app
 from imagegate.config import Settings
 
 TEST_KEY = "sk-test-imagegate-0123456789"
+EXE = Path(sys.executable).parent / "imagegate"
+
+
+def clean_env(extra: dict | None = None) -> dict[str, str]:
+    """This environment without the variables that would configure a command behind a test's back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEGATE_"))}
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """``imagegate ARGS`` in a process of its own."""
+    return subprocess.run([str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=clean_env(env))
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,7 @@ def check(url: str, key: str = KEY) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="measure every contender this many times; medians")
     parser.add_argument("--only", nargs="*", default=["nginx", "imagegate", "litellm"])
     parser.add_argument("--database-url", default="",
                         help="imagegate's ledger database (default: SQLite in its data dir)")
@@ -262,15 +264,35 @@ litellm_settings:
 
         for name, (url, proc) in targets.items():
             wait_http(url.rsplit("/v1/", 1)[0] + "/", timeout=120)
-            key = keys.get(name, KEY)
-            check(url, key)
-            wrk(url, 4, 2, workdir, key)  # warm-up
-            busy = wrk(url, 16, args.duration, workdir, key)
-            idle = wrk(url, 1, args.duration, workdir, key)
-            results[name] = {"rps_16": busy["rps"], "errors_16": busy["errors"], "p50_ms_1": idle["p50_ms"],
-                             "rss_mb": rss_mb(children(proc.pid))}
-            print(f"{name:10s} {busy['rps']:8.1f} req/s @16  p50 {idle['p50_ms']:7.1f} ms @1  "
-                  f"RSS {results[name]['rss_mb']:6.1f} MB  errors {busy['errors']}", flush=True)
+            check(url, keys.get(name, KEY))
+            wrk(url, 4, 2, workdir, keys.get(name, KEY))  # warm-up
+        # Rounds, each measuring every contender in turn; the median round counts. A shared 2-core machine drifts
+        # over minutes, and nginx's proxy buffers big answers in temp files: their writeback slows the next
+        # contender's fsyncs unless it has drained (hence the sync before each measurement).
+        samples: dict[str, list[dict]] = {name: [] for name in targets}
+        for round_ in range(args.rounds):
+            for name, (url, proc) in targets.items():
+                key = keys.get(name, KEY)
+                os.sync()
+                time.sleep(1)
+                busy = wrk(url, 16, args.duration, workdir, key)
+                os.sync()
+                time.sleep(1)
+                idle = wrk(url, 1, args.duration, workdir, key)
+                samples[name].append({"rps_16": busy["rps"], "errors_16": busy["errors"], "p50_ms_1": idle["p50_ms"]})
+                print(f"round {round_ + 1}: {name:10s} {busy['rps']:8.1f} req/s @16  p50 {idle['p50_ms']:7.1f} ms @1  "
+                      f"errors {busy['errors']}", flush=True)
+        for name, (url, proc) in targets.items():
+            runs = samples[name]
+            results[name] = {
+                "rps_16": statistics.median(r["rps_16"] for r in runs),
+                "p50_ms_1": statistics.median(r["p50_ms_1"] for r in runs),
+                "errors_16": sum(r["errors_16"] for r in runs),
+                "rss_mb": rss_mb(children(proc.pid)),
+                "rounds": runs,
+            }
+            print(f"{name:10s} {results[name]['rps_16']:8.1f} req/s @16  p50 {results[name]['p50_ms_1']:7.1f} ms @1  "
+                  f"RSS {results[name]['rss_mb']:6.1f} MB  (medians of {len(runs)} rounds)", flush=True)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,15 +11,9 @@ from openai import OpenAI
 from PIL import Image
 
 from tests.imaging_helpers import mask_bytes, png_bytes
-from tests.servers import TEST_KEY, free_port
+from tests.servers import EXE, TEST_KEY, clean_env, free_port, run_cli
 
-EXE = Path(sys.executable).parent / "imagegate"
-
-
-def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEGATE_"))}
-    full_env.update(env or {})
-    return subprocess.run([str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=full_env)
+_cli = run_cli
 
 
 def test_generate_names_files_from_the_prompt_and_never_overwrites(server, tmp_path):
@@ -69,7 +61,7 @@ def test_client_error_is_reported(server, tmp_path):
 def test_serve_creates_a_key_on_first_start(tmp_path):
     port = free_port()
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEGATE_"))}
+    env = clean_env()
     proc = subprocess.Popen(
         [str(EXE), "serve", "--port", str(port), "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.servers import free_port
+from tests.servers import EXE, clean_env, free_port, run_cli
 
-EXE = Path(sys.executable).parent / "imagegate"
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEGATE_"))}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=120, env=_env())
+_cli = run_cli
+_env = clean_env
 
 
 def _wait_up(port: int, proc: subprocess.Popen) -> None:
@@ -88,15 +78,13 @@ def test_workers_share_signed_links_and_the_ledger(tmp_path):
 def test_a_bad_setting_stops_the_workers_before_they_start(tmp_path):
     config = tmp_path / "imagegate.toml"
     config.write_text('[[channels]]\nname = "x"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["no-such-model"]\n')
-    done = subprocess.run([str(EXE), "serve", "--workers", "2", "--config", str(config), "--data-dir",
-                           str(tmp_path / "data"), "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=120, env=_env())
+    done = run_cli("serve", "--workers", "2", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+                   "--port", str(free_port()))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no-such-model" in done.stderr
 
 
 @pytest.mark.parametrize("workers", ["0", "65"])
 def test_worker_count_is_checked(tmp_path, workers):
-    done = subprocess.run([str(EXE), "serve", "--workers", workers, "--data-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60, env=_env())
+    done = run_cli("serve", "--workers", workers, "--data-dir", str(tmp_path), timeout=60)
     assert done.returncode == 2 and "workers" in done.stderr
