@@ -13,6 +13,7 @@ import contextlib
 import binascii
 import email.utils
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
@@ -52,11 +53,12 @@ class UpstreamSession:
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=_tls_context()),
                 # A whole-answer deadline is the channel's (see with_deadline), not the session's.
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
                 read_bufsize=_READ_BUFFER,
                 auto_decompress=True,
+                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as operators expect of an HTTP client
             )
         return self._session
 
@@ -64,6 +66,16 @@ class UpstreamSession:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The system's trust store; where it is empty (slim container images), certifi's bundle."""
+    context = ssl.create_default_context()
+    if not context.cert_store_stats().get("x509_ca"):
+        import certifi
+
+        context.load_verify_locations(certifi.where())
+    return context
 
 
 @dataclass
