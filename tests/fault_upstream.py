@@ -42,6 +42,7 @@ class FaultUpstream:
         self.script: deque[Reply] = deque()
         self.default = Reply()
         self.requests: list[tuple[str, str, bytes]] = []
+        self.authorizations: list[str] = []  # the Authorization header of every request, in order ("" if none)
         self._stop = threading.Event()
         upstream = self
 
@@ -52,6 +53,7 @@ class FaultUpstream:
                 pass
 
             def do_GET(self):  # noqa: N802 - image downloads for url-only answers
+                upstream.authorizations.append(self.headers.get("authorization", ""))
                 self.send_response(200)
                 self.send_header("content-type", "image/png")
                 self.send_header("content-length", str(len(IMAGE)))
@@ -62,6 +64,7 @@ class FaultUpstream:
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length) if length else b""
                 upstream.requests.append((self.path, self.headers.get("content-type", ""), body))
+                upstream.authorizations.append(self.headers.get("authorization", ""))
                 reply = upstream.script.popleft() if upstream.script else upstream.default
                 if reply.hang:
                     upstream._stop.wait(30)

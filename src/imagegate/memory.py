@@ -17,8 +17,12 @@ log = logging.getLogger("imagegate.memory")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling; larger buffers are still mapped on their own
 _TRIM_THRESHOLD = 256 * 1024 * 1024  # free heap kept before any is given back
+# Threads' own arenas (heaps of at most 64 MB) are never trimmed below that threshold, so each could keep its peak:
+# the event loop's main arena and one shared by the worker threads bound what is kept.
+_ARENA_MAX = 2
 
 
 def keep_freed_buffers() -> bool:
@@ -32,6 +36,8 @@ def keep_freed_buffers() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    applied = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    applied = all(mallopt(option, value) for option, value in (
+        (_M_ARENA_MAX, _ARENA_MAX), (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+    ))
     log.debug("malloc tuned to keep freed buffers: %s", applied)
     return applied

@@ -73,6 +73,42 @@ def test_queued_writes_commit_together_and_a_failing_one_is_undone_alone(tmp_pat
     assert len(commits) < 40  # they went in shared transactions
 
 
+def test_a_database_error_in_a_batch_never_reports_a_lost_write_as_committed(tmp_path):
+    # SQLite rolls the whole transaction back on some errors (disk full here): a savepoint cannot undo just the
+    # failing write then, so the batch is run again one write at a time.
+    url, _ = _sqlite(tmp_path)
+
+    async def main():
+        db = Database(url)
+        await db.run_write(lambda conn: conn.exec_driver_sql("CREATE TABLE t (v TEXT)"))
+        gate = threading.Event()
+
+        def insert(conn, value: str) -> str:
+            conn.exec_driver_sql("INSERT INTO t VALUES (?)", (value,))
+            return value
+
+        def fill_the_disk(conn) -> None:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            conn.exec_driver_sql(f"PRAGMA max_page_count={pages + 2}")
+            conn.exec_driver_sql("INSERT INTO t VALUES (?)", ("x" * 100_000,))
+
+        busy = asyncio.create_task(db.run_write(lambda conn: gate.wait()))
+        await asyncio.sleep(0.1)  # the writer is busy: the next three queue up as one batch
+        batch = [asyncio.create_task(db.run_write(insert, "one")), asyncio.create_task(db.run_write(fill_the_disk)),
+                 asyncio.create_task(db.run_write(insert, "two"))]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await busy
+        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        rows = await db.run_read(lambda conn: [r[0] for r in conn.exec_driver_sql("SELECT v FROM t ORDER BY v")])
+        await db.dispose()
+        return outcomes, rows
+
+    outcomes, rows = asyncio.run(main())
+    assert outcomes[0] == "one" and outcomes[2] == "two" and isinstance(outcomes[1], sa.exc.OperationalError)
+    assert rows == ["one", "two"]
+
+
 def test_run_write_rolls_back_whole_when_its_function_raises(database_url):
     def half_then_fail(conn) -> None:
         _insert_account(conn, "half")

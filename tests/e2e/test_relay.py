@@ -295,6 +295,23 @@ def test_upstream_stream_with_megabyte_events_and_crlf_lines(faults, tmp_path):
         live.stop()
 
 
+def test_netrc_credentials_are_never_sent_upstream(faults, tmp_path, monkeypatch):
+    # An HTTP client that reads ~/.netrc would add Basic credentials to every host, including image hosts an
+    # upstream names (and refuse the channel's own bearer key alongside them).
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login ops password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    faults.default = Reply(200, ok_body(url=faults.image_url))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+        assert all("Basic" not in auth for auth in faults.authorizations)
+        assert faults.authorizations == [f"Bearer {TEST_KEY}", ""]  # the call, then the image download
+    finally:
+        live.stop()
+
+
 def test_url_only_answer_is_downloaded_and_re_served(faults, tmp_path):
     faults.default = Reply(200, ok_body(url=faults.image_url))
     live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))

@@ -43,8 +43,13 @@ def test_workers_share_signed_links_and_the_ledger(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     try:
         _wait_up(port, proc)
-        with sqlite3.connect(data / "imagegate.db") as db:
-            pids = {row[0] for row in db.execute("SELECT pid FROM instances")}
+        deadline = time.monotonic() + 60
+        while True:  # the first worker may answer before the second has registered
+            with sqlite3.connect(data / "imagegate.db") as db:
+                pids = {row[0] for row in db.execute("SELECT pid FROM instances")}
+            if len(pids) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(pids) == 2 and proc.pid not in pids  # two workers registered, the supervisor did not
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=60)

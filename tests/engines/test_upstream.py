@@ -89,3 +89,35 @@ def test_spliced_answer_is_the_json_the_encoder_would_write():
                 "note": "\x00 looks like a placeholder \x00 1", "more": ["R0hJ"] * 11}
     assert orjson.loads(dumps(doc)) == expected
     assert dumps({"plain": 1}) == orjson.dumps({"plain": 1})
+
+
+class _Chunks:
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    async def iter_any(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+def _split(chunks):
+    import asyncio
+
+    from imagegate.engines.upstream import _lines
+
+    async def collect():
+        return [line async for line in _lines(_Chunks(chunks))]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("text,expected", [
+    (b"a\r\nb\rc\nd", ["a", "b", "c", "d"]),
+    (b"a\r\r\nb\n\nc", ["a", "", "b", "", "c"]),
+    (b"data: \xc3\xa9t\xc3\xa9\r\n\r\n", ["data: été", ""]),
+])
+def test_sse_lines_end_at_lf_crlf_or_cr_wherever_the_chunks_are_cut(text, expected):
+    assert _split([text]) == expected
+    for cut in range(1, len(text)):
+        assert _split([text[:cut], text[cut:]]) == expected, cut
+    assert _split([text[i:i + 1] for i in range(len(text))]) == expected

@@ -47,6 +47,7 @@ class DbKeys:
         self.cache_seconds = cache_seconds
         self.cache_size = cache_size
         self._cache: dict[str, tuple[float, Principal, float | None]] = {}  # secret hash -> (until, who, expiry)
+        self._generation = 0  # bumped by every forget()
 
     async def authenticate(self, token: str) -> Principal:
         if self.static is not None:
@@ -61,6 +62,7 @@ class DbKeys:
         now = time.time()
         if cached is not None and cached[0] > time.monotonic() and (cached[2] is None or cached[2] > now):
             return cached[1]
+        generation = self._generation  # a forget() while we read must not be undone by caching what we read
         found = await self.store.key_by_secret(token)
         if found is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
@@ -75,7 +77,7 @@ class DbKeys:
             key_prefix=key.prefix, account=account.name, metered=True, account_id=account.id, key_id=key.id,
             group=account.group, allowed_models=key.allowed_models, guard_policy=key.guard_policy,
         )
-        if self.cache_seconds > 0:
+        if self.cache_seconds > 0 and generation == self._generation:
             if len(self._cache) >= self.cache_size:
                 self._cache.pop(next(iter(self._cache)))  # the oldest entry
             self._cache[digest] = (time.monotonic() + self.cache_seconds, principal, key.expires_at)
@@ -83,6 +85,7 @@ class DbKeys:
 
     def forget(self, prefix: str | None = None) -> None:
         """Drop remembered keys (those with ``prefix``, or all): the key or its account changed here."""
+        self._generation += 1
         if prefix is None:
             self._cache.clear()
             return

@@ -36,6 +36,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imagegate.config import ConfigError
@@ -138,6 +139,10 @@ class Database:
         await self.engine.dispose()
 
 
+class _BatchBroken(Exception):
+    """A job in a shared transaction met a database error: the batch is abandoned whole."""
+
+
 @dataclass
 class _WriteJob:
     fn: Callable[..., Any]
@@ -192,22 +197,42 @@ class _SqliteThreads:
         jobs = [job for job in jobs if not job.future.cancelled()]  # given up on before it began: never run it
         if not jobs:
             return
+        outcomes = self._together(jobs) if len(jobs) > 1 else None
+        if outcomes is None:
+            outcomes = [self._alone(job) for job in jobs]
+        for job, outcome in zip(jobs, outcomes):
+            try:
+                job.loop.call_soon_threadsafe(_settle_future, job.future, outcome)
+            except RuntimeError:  # its event loop is closed: nobody is waiting, the others still are
+                continue
+
+    def _alone(self, job: "_WriteJob") -> tuple[bool, Any]:
+        try:
+            with self._file_lock(), self._writer.begin() as conn:
+                return True, job.fn(conn, *job.args)
+        except BaseException as exc:  # BEGIN, the job or COMMIT failed: none of it happened
+            return False, exc
+
+    def _together(self, jobs: list["_WriteJob"]) -> list[tuple[bool, Any]] | None:
+        """The jobs in one transaction, each in a savepoint: a job that raises is undone alone. None when a job
+        met a database error: SQLite may have rolled back the whole transaction then (disk full, I/O error), and
+        a savepoint cannot tell; nothing of the batch is kept and the caller runs the jobs one by one."""
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self._file_lock(), self._writer.begin() as conn:
-                if len(jobs) == 1:
-                    outcomes.append((True, jobs[0].fn(conn, *jobs[0].args)))  # raising rolls the whole back
-                else:
-                    for job in jobs:
-                        try:
-                            with conn.begin_nested():
-                                outcomes.append((True, job.fn(conn, *job.args)))
-                        except Exception as exc:
-                            outcomes.append((False, exc))
-        except BaseException as exc:  # BEGIN or COMMIT failed, or the one job raised: none of it happened
-            outcomes = [(False, exc)] * len(jobs)
-        for job, outcome in zip(jobs, outcomes):
-            job.loop.call_soon_threadsafe(_settle_future, job.future, outcome)
+                for job in jobs:
+                    try:
+                        with conn.begin_nested():
+                            outcomes.append((True, job.fn(conn, *job.args)))
+                    except DBAPIError:
+                        raise _BatchBroken() from None
+                    except Exception as exc:  # refused by the job's own logic (insufficient quota, ...)
+                        outcomes.append((False, exc))
+        except _BatchBroken:
+            return None
+        except BaseException as exc:  # BEGIN or COMMIT failed: none of it happened
+            return [(False, exc)] * len(jobs)
+        return outcomes
 
     def _read(self, fn: Callable[..., T], args: tuple) -> T:
         with self.engine.connect() as conn:

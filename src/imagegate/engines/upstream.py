@@ -13,8 +13,10 @@ import contextlib
 import binascii
 import email.utils
 import json
+import secrets
 import ssl
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import urljoin, urlsplit
@@ -49,6 +51,7 @@ class UpstreamSession:
     def __init__(self, *, connect_timeout: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str] | None = None
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -58,9 +61,21 @@ class UpstreamSession:
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
                 read_bufsize=_READ_BUFFER,
                 auto_decompress=True,
-                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as operators expect of an HTTP client
+                # Not trust_env: aiohttp would then also send ~/.netrc credentials to every host an upstream names.
+                # Proxies from the environment are applied per request instead (proxy_for).
+                trust_env=False,
             )
         return self._session
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy from HTTP(S)_PROXY / NO_PROXY for ``url``, as an HTTP client is expected to honour them."""
+        if self._proxies is None:
+            self._proxies = urllib.request.getproxies()
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme)
+        if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+            return None
+        return proxy
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -270,7 +285,8 @@ async def upstream_call(
     try:
         state.sent = True  # from here on the upstream may be working on the image
         async with session.get().request(
-            request.method, request.url, data=request.body(), headers=request.all_headers()
+            request.method, request.url, data=request.body(), headers=request.all_headers(),
+            proxy=session.proxy_for(request.url),
         ) as response:
             if response.status >= 400:
                 body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
@@ -317,7 +333,7 @@ async def download(
         host = urlsplit(url).hostname or ""
         if host not in trusted_hosts and not await public_host(url):
             raise ValueError(f"refusing to download from {host or url!r}: not a public address")
-        async with session.get().get(url, allow_redirects=False) as response:
+        async with session.get().get(url, allow_redirects=False, proxy=session.proxy_for(url)) as response:
             if response.status in _REDIRECTS and "location" in response.headers:
                 url = urljoin(url, response.headers["location"])
                 continue
@@ -364,6 +380,8 @@ def loads_images_json(body: bytes) -> Any:
     lifted: list[memoryview] = []
     pieces: list[bytes] = []
     view = memoryview(body)
+    # The placeholder carries a random tag: a value in the body that looks like one must not be taken for it.
+    tag = secrets.token_hex(8)
     pos = 0
     while (found := body.find(_B64_KEY, pos)) >= 0:
         start = found + len(_B64_KEY)
@@ -378,7 +396,7 @@ def loads_images_json(body: bytes) -> Any:
             return orjson.loads(body)
         _check_plain_ascii(body, start + 1, end)
         pieces.append(body[pos:start])
-        pieces.append(b'"\\u0000%d"' % len(lifted))
+        pieces.append(b'"\\u0000%s%d"' % (tag.encode(), len(lifted)))
         lifted.append(view[start + 1:end])
         pos = end + 1
     if not lifted:
@@ -389,8 +407,8 @@ def loads_images_json(body: bytes) -> Any:
     items = doc.get("data") if isinstance(doc, dict) else None
     for item in items if isinstance(items, list) else ():
         placeholder = item.get("b64_json") if isinstance(item, dict) else None
-        if isinstance(placeholder, str) and placeholder.startswith("\x00"):
-            item["b64_json"] = lifted[int(placeholder[1:])]
+        if isinstance(placeholder, str) and placeholder.startswith("\x00" + tag):
+            item["b64_json"] = lifted[int(placeholder[1 + len(tag):])]
             restored += 1
     if restored != len(lifted):
         return orjson.loads(body)
@@ -422,20 +440,32 @@ async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
 
 async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
     """Lines of any length (an event carrying a partial image is one line of megabytes, past what aiohttp's own
-    line reader takes), without their line break."""
+    line reader takes), without their line break: LF, CRLF or a lone CR, as SSE allows."""
     pending: list[bytes] = []
+    after_cr = False  # the last chunk ended in CR: an LF opening the next one belongs to it
     async for chunk in stream.iter_any():
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
+        start = 1 if after_cr and chunk[:1] == b"\n" else 0
+        after_cr = False
+        next_lf, next_cr = chunk.find(b"\n", start), chunk.find(b"\r", start)
+        while next_lf >= 0 or next_cr >= 0:
+            end = next_lf if next_cr < 0 or 0 <= next_lf < next_cr else next_cr
             pending.append(chunk[start:end])
-            line = b"".join(pending)
+            yield b"".join(pending).decode("utf-8", "replace")
             pending = []
-            yield line.removesuffix(b"\r").decode("utf-8", "replace")
             start = end + 1
+            if end == next_cr:
+                if start == len(chunk):
+                    after_cr = True
+                elif chunk[start] == 0x0A:
+                    start += 1
+            if next_lf >= 0 and next_lf < start:
+                next_lf = chunk.find(b"\n", start)
+            if next_cr >= 0 and next_cr < start:
+                next_cr = chunk.find(b"\r", start)
         if start < len(chunk):
             pending.append(chunk[start:])
     if pending:
-        yield b"".join(pending).removesuffix(b"\r").decode("utf-8", "replace")
+        yield b"".join(pending).decode("utf-8", "replace")
 
 
 def usage_from(raw: Any, job: Job, delivered: int) -> Usage:
