@@ -15,7 +15,7 @@ import httpx
 from fastapi import FastAPI
 
 from imagegate.api import errors as api_errors
-from imagegate.api import admin, billing as billing_api, chat, files, images, models
+from imagegate.api import admin, billing as billing_api, channels as channels_api, chat, files, images, models
 from imagegate.api.auth import KeyStore, StaticKeys
 from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from imagegate.catalog import Catalog, load_catalog
@@ -24,7 +24,8 @@ from imagegate.engines.sandbox import SandboxEngine
 from imagegate.engines.upstream import UpstreamSession
 from imagegate.gateway import Gateway
 from imagegate.moderation import ModerationClient
-from imagegate.routing import build_router, route_catalog
+from imagegate.channels import ChannelSet, ChannelStore, engine_factory, reload_channels
+from imagegate.routing import build_router
 from imagegate.storage import LocalStorage, UrlSigner
 from imagegate.storage.local import load_or_create_secret
 
@@ -107,16 +108,14 @@ def create_app(
     billing, keys, billing_runtime = _billing(settings, catalog, keys)
     signer = UrlSigner(load_or_create_secret(settings.data_dir / "url_secret.key"))
     storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
-    engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms)}
-    upstream_client = None
-    if settings.channels:
-        unknown = sorted({m for c in settings.channels for m in c.models if catalog.get(m) is None})
-        if unknown:
-            raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
-        upstream_client = UpstreamSession()
-        router = build_router(settings.channels, upstream_client)
-        engines["relay"] = router
-        catalog = route_catalog(catalog, router)
+    unknown = sorted({m for c in settings.channels for m in c.models if catalog.get(m) is None})
+    if unknown:
+        raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
+    upstream_client = UpstreamSession()  # connects on first use only
+    router = build_router(settings.channels, upstream_client)
+    channel_set = ChannelSet(settings.channels, catalog, router, engine_factory(upstream_client))
+    catalog = channel_set.catalog
+    engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms), "relay": router}
     moderation = None
     moderation_client = None
     if settings.moderation_url:
@@ -136,15 +135,22 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        background = []
         if billing_runtime is not None:
             await billing_runtime.start()  # migrate, register, release what a crashed server left held
-        janitor = asyncio.create_task(_janitor(storage, settings.janitor_interval_seconds))
+            channel_store = ChannelStore(billing_runtime.store.db)
+            app.state.channel_store = channel_store
+            await reload_channels(app.state, channel_store)
+            background.append(asyncio.create_task(
+                _follow_channels(app, channel_store, settings.heartbeat_interval_seconds)))
+        background.append(asyncio.create_task(_janitor(storage, settings.janitor_interval_seconds)))
         try:
             yield
         finally:
-            janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await janitor
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await gateway.aclose()  # cancelled runs settle (refund) before the database closes
             if billing_runtime is not None:
                 await billing_runtime.stop()
@@ -165,6 +171,8 @@ def create_app(
     app.state.storage = storage
     app.state.gateway = gateway
     app.state.billing = billing
+    app.state.channels = channel_set
+    app.state.channel_store = None  # set at start when there is a database
     api_errors.install(app)
     app.include_router(images.router)
     app.include_router(models.router)
@@ -172,6 +180,7 @@ def create_app(
     app.include_router(files.router)
     app.include_router(billing_api.router)
     app.include_router(admin.router)
+    app.include_router(channels_api.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -180,6 +189,18 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _follow_channels(app: FastAPI, store: ChannelStore, interval: float) -> None:
+    """Channels changed through another server process (or replica) reach this one within ``interval``."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await store.stamp() != app.state.channels.stamp:
+                await reload_channels(app.state, store)
+                log.info("channels reloaded: %s", ", ".join(c.name for c in app.state.channels.router.channels))
+        except Exception:  # the database may be away for a moment; the current channels stay
+            log.exception("reloading channels failed")
 
 
 async def _janitor(storage: LocalStorage, interval: float) -> None:

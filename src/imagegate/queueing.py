@@ -58,6 +58,18 @@ class FifoLimiter:
                 self._notify()
             raise
 
+    def resize(self, limit: int) -> None:
+        """A new limit; a larger one admits waiters at once, a smaller one takes effect as jobs finish."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        while self._queue and self.active < self.limit:
+            waiter = self._queue.popleft()
+            waiter.granted = True
+            self.active += 1
+            waiter.changed.set()
+        self._notify()
+
     def release(self) -> None:
         self.active -= 1
         if self._queue and self.active < self.limit:

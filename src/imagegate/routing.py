@@ -191,15 +191,15 @@ class Router:
         return None
 
 
-def build_router(channels: tuple[ChannelConfig, ...], client: UpstreamSession) -> Router:
+def channel_engine(config: ChannelConfig, client: UpstreamSession) -> ChannelEngine:
     from imagegate.engines.chat_relay import ChatImageEngine
     from imagegate.engines.openai_compat import OpenAICompatEngine
 
-    built = []
-    for config in channels:
-        engine = ChatImageEngine(config, client) if config.type == "chat-image" else OpenAICompatEngine(config, client)
-        built.append(Channel(config, engine))
-    return Router(built)
+    return ChatImageEngine(config, client) if config.type == "chat-image" else OpenAICompatEngine(config, client)
+
+
+def build_router(channels: tuple[ChannelConfig, ...], client: UpstreamSession) -> Router:
+    return Router([Channel(config, channel_engine(config, client)) for config in channels])
 
 
 def route_catalog(catalog: Catalog, router: Router) -> Catalog:

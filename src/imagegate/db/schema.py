@@ -155,3 +155,13 @@ instances = sa.Table(
     sa.Column("started_at", Time, nullable=False),
     sa.Column("heartbeat_at", Time, nullable=False),
 )
+
+# Channels added through the admin API (those in the config file are not stored). ``config`` is the channel's
+# settings as JSON, in the config file's field names; every server reloads the set when it changes.
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+)

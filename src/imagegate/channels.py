@@ -1,0 +1,164 @@
+"""The set of channels a server routes to: those of the config file, fixed, and those added through the admin API,
+kept in the database and reloaded by every server process when they change.
+
+Applying a new set keeps the live state (circuit breakers, concurrency slots) of every channel whose settings did
+not change, and swaps the router's list in one assignment: a request already routed keeps the channel it has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from imagegate.catalog import Catalog
+from imagegate.config import ChannelConfig, ConfigError
+from imagegate.db import Database
+from imagegate.db.schema import channels as channels_table
+from imagegate.routing import Channel, Router, channel_engine, route_catalog
+
+log = logging.getLogger("imagegate.channels")
+
+
+class ChannelError(ConfigError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"bad channel field '{field}': {message}")
+        self.field = field
+
+
+def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> tuple[ChannelConfig, ChannelConfig]:
+    """(as given, as used): ``api_key = "env:NAME"`` is kept as the reference and resolved for use. Raises
+    ChannelError naming the field that is wrong."""
+    try:
+        given = ChannelConfig(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ChannelError(".".join(str(p) for p in first["loc"]) or "channel", first["msg"]) from None
+    unknown = sorted(m for m in given.models if catalog.get(m) is None)
+    if unknown:
+        raise ChannelError("models", f"unknown model(s) {unknown}; GET /v1/models lists them")
+    used = given
+    if given.api_key.startswith("env:"):
+        name = given.api_key[4:]
+        if name not in environ:
+            raise ChannelError("api_key", f"environment variable {name} is not set on the server")
+        used = given.model_copy(update={"api_key": environ[name]})
+    return given, used
+
+
+class ChannelStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def all(self) -> list[dict[str, Any]]:
+        def read(conn) -> list[dict[str, Any]]:
+            rows = conn.execute(sa.select(channels_table).order_by(channels_table.c.name)).all()
+            return [json.loads(row.config) for row in rows]
+
+        return await self.db.run_read(read)
+
+    async def stamp(self) -> tuple[int, float]:
+        """Changes whenever a channel is added, changed or removed (by any server)."""
+        def read(conn) -> tuple[int, float]:
+            row = conn.execute(sa.select(sa.func.count(), sa.func.max(channels_table.c.updated_at))).one()
+            return int(row[0]), float(row[1] or 0)
+
+        return await self.db.run_read(read)
+
+    async def put(self, config: ChannelConfig) -> None:
+        stored = json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
+
+        def write(conn) -> None:
+            now = time.time()
+            done = conn.execute(sa.update(channels_table).where(channels_table.c.name == config.name)
+                                .values(config=stored, updated_at=now))
+            if done.rowcount == 0:
+                conn.execute(sa.insert(channels_table).values(name=config.name, config=stored, updated_at=now))
+
+        await self.db.run_write(write)
+
+    async def delete(self, name: str) -> bool:
+        def write(conn) -> bool:
+            return conn.execute(sa.delete(channels_table).where(channels_table.c.name == name)).rowcount > 0
+
+        return await self.db.run_write(write)
+
+
+class ChannelSet:
+    """The router's channels and the catalog they imply."""
+
+    def __init__(self, file_channels: tuple[ChannelConfig, ...], base_catalog: Catalog, router: Router,
+                 make_engine: Callable[[ChannelConfig], Any]) -> None:
+        self.file = {c.name: c for c in file_channels}
+        self.admin: dict[str, ChannelConfig] = {}  # as given (env: references kept), by name
+        self.base_catalog = base_catalog
+        self.router = router
+        self.make_engine = make_engine
+        self.stamp: tuple[int, float] | None = None
+        self.catalog = route_catalog(base_catalog, router)
+
+    def apply(self, admin_raw: list[dict[str, Any]]) -> None:
+        """Route to the file's channels plus these. A stored channel that no longer parses (a model removed from
+        the catalog, an unset variable) is left out with a warning rather than stopping the server."""
+        admin_given: dict[str, ChannelConfig] = {}
+        used: list[ChannelConfig] = list(self.file.values())
+        for raw in admin_raw:
+            try:
+                given, resolved = parse_channel(raw, self.base_catalog)
+            except ConfigError as exc:
+                log.warning("channel %r from the database is left out: %s", raw.get("name"), exc)
+                continue
+            if given.name in self.file:
+                continue  # the config file's channel of that name wins
+            admin_given[given.name] = given
+            used.append(resolved)
+        live = {c.name: c for c in self.router.channels}
+        self.router.channels = [
+            live[c.name] if c.name in live and live[c.name].config == c else Channel(c, self.make_engine(c))
+            for c in used
+        ]
+        self.admin = admin_given
+        self.catalog = route_catalog(self.base_catalog, self.router)
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = self.router.clock()
+        live = {c.name: c for c in self.router.channels}
+        out = []
+        for name, given in [*self.file.items(), *self.admin.items()]:
+            channel = live.get(name)
+            fields = given.model_dump(mode="json")
+            fields["api_key"] = _masked(given.api_key)
+            out.append({
+                **fields,
+                "source": "config" if name in self.file else "admin",
+                "circuit": ("open" if channel.is_open(now) else "half-open" if channel.opened_at else "closed")
+                if channel else "unknown",
+                "consecutive_failures": channel.consecutive_failures if channel else 0,
+            })
+        return out
+
+
+def _masked(key: str) -> str:
+    if not key or key.startswith("env:"):
+        return key
+    return "*" * len(key) if len(key) <= 8 else f"{key[:3]}...{key[-4:]}"
+
+
+async def reload_channels(state: Any, store: ChannelStore) -> None:
+    """Route to the config file's channels plus those stored through the admin API, as they are now: the app's
+    catalog and the relay's queue follow."""
+    channel_set: ChannelSet = state.channels
+    stamp = await store.stamp()
+    channel_set.apply(await store.all())
+    channel_set.stamp = stamp
+    state.catalog = channel_set.catalog
+    state.gateway.limiters["relay"].resize(channel_set.router.concurrency)  # the channels' own caps
+
+
+def engine_factory(session) -> Callable[[ChannelConfig], Any]:
+    return lambda config: channel_engine(config, session)
