@@ -63,16 +63,14 @@ class FifoLimiter:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
-        while self._queue and self.active < self.limit:
-            waiter = self._queue.popleft()
-            waiter.granted = True
-            self.active += 1
-            waiter.changed.set()
-        self._notify()
+        self._grant()
 
     def release(self) -> None:
         self.active -= 1
-        if self._queue and self.active < self.limit:
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._queue and self.active < self.limit:
             waiter = self._queue.popleft()
             waiter.granted = True
             self.active += 1

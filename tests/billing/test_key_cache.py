@@ -12,13 +12,17 @@ from imagegate.db import opened
 from imagegate.errors import AuthenticationFailed
 
 
+async def _keys(db) -> tuple[BillingStore, DbKeys, object, str]:
+    store = BillingStore(db)
+    await store.create_account("acme")
+    key, secret = await store.create_key("acme")
+    return store, DbKeys(store, cache_seconds=30), key, secret
+
+
 def test_a_lookup_in_flight_during_a_revocation_does_not_cache_the_key(tmp_path):
     async def main():
         async with opened(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite") as db:
-            store = BillingStore(db)
-            await store.create_account("acme")
-            key, secret = await store.create_key("acme")
-            keys = DbKeys(store, cache_seconds=30)
+            store, keys, key, secret = await _keys(db)
             read, resume = asyncio.Event(), asyncio.Event()
             real = store.key_by_secret
 
@@ -46,10 +50,7 @@ def test_a_lookup_in_flight_during_a_revocation_does_not_cache_the_key(tmp_path)
 def test_a_cached_key_is_served_without_the_database_until_forgotten(tmp_path):
     async def main():
         async with opened(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite") as db:
-            store = BillingStore(db)
-            await store.create_account("acme")
-            _, secret = await store.create_key("acme")
-            keys = DbKeys(store, cache_seconds=30)
+            store, keys, _, secret = await _keys(db)
             first = await keys.authenticate(secret)
             calls = []
             real = store.key_by_secret
