@@ -152,6 +152,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await gateway.aclose()  # cancelled runs settle (refund) before the database closes
+            await billing.aclose()  # and settlements still being retried get a last try
             if billing_runtime is not None:
                 await billing_runtime.stop()
             for client in (upstream_client, moderation_client):

@@ -106,6 +106,21 @@ def test_a_settlement_that_keeps_failing_is_retried_in_the_background(database_u
     assert record.state == "done" and record.result["cost_micro"] == COST
 
 
+def test_a_settlement_still_being_retried_at_shutdown_gets_a_last_try(database_url):
+    async def body(store, billing, payer):
+        _failing(store, 3)  # the three quick tries; the database is back by shutdown
+        billing.settle_retry_delays = (300,)  # the next background try would come long after the server stopped
+        ticket = await billing.reserve(_request("r1"), payer)
+        with pytest.raises(OperationalError):
+            await billing.settle(ticket, _result(), None, engine="sandbox")
+        await billing.aclose()
+        return ticket.settlement, await store.totals("acme")
+
+    settlement, totals = run(database_url, body)
+    assert settlement.cost_micro == COST
+    assert totals["settle"] == COST and totals["open_holds"] == 0 and totals["held"] == 0
+
+
 def test_a_settlement_given_up_on_expires_and_is_released(database_url):
     async def body(store, billing, payer):
         _failing(store, 10**6)

@@ -105,7 +105,8 @@ class Billing:
         self.store = store
         self._inflight: dict[tuple[str, str], asyncio.Event] = {}
         self._claim_locks: dict[tuple[str, str], list] = {}  # [lock, users]
-        self._later: set[asyncio.Task] = set()  # settlements being retried in the background
+        # Settlements being retried in the background: task -> (ticket, the attempt it retries).
+        self._later: dict[asyncio.Task, tuple[Ticket, Any]] = {}
 
     # --- pricing --------------------------------------------------------------------------------------------
 
@@ -277,8 +278,8 @@ class Billing:
             # The work is done (images may be delivered): keep its charge and go on trying, rather than leave the
             # hold, the usage row and the idempotency claim open for reconciliation to refund.
             task = asyncio.create_task(self._settle_later(ticket, attempt), name=f"settle-{ticket.request_id}")
-            self._later.add(task)
-            task.add_done_callback(self._later.discard)
+            self._later[task] = (ticket, attempt)
+            task.add_done_callback(lambda done: self._later.pop(done, None))
             raise
 
     async def _settle_later(self, ticket: Ticket, attempt) -> None:
@@ -298,6 +299,23 @@ class Billing:
         finally:
             if ticket.settlement is None and self.store is not None:  # given up, or cancelled at shutdown
                 self.store.let_expire(ticket.hold_id)
+
+    async def aclose(self) -> None:
+        """At shutdown, before the database closes: every settlement still being retried gets one last try now,
+        instead of being cancelled in its pause (its hold would then be released, the work given away)."""
+        pending = list(self._later.items())
+        for task, _ in pending:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in pending), return_exceptions=True)
+        for _, (ticket, attempt) in pending:
+            if ticket.settlement is not None:
+                continue
+            try:
+                ticket.settlement = await attempt()
+                log.info("request %s settled at shutdown", ticket.request_id)
+            except Exception:
+                log.error("settling request %s failed at shutdown too; reconciliation will release its hold",
+                          ticket.request_id, exc_info=True)
 
     @staticmethod
     async def _retry(call):
