@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import uvicorn
@@ -26,6 +28,31 @@ def clean_env(extra: dict | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEGATE_"))}
     env.update(extra or {})
     return env
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """``imagegate serve ARGS`` in a process of its own (stdout and stderr merged), stopped afterwards."""
+    proc = subprocess.Popen([str(EXE), "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=clean_env(), cwd=cwd)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until ``/healthz`` answers; fails with the server's output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "serve exited"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"the server on port {port} did not come up in {timeout:.0f} s")
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,

@@ -23,9 +23,9 @@ from imagegate.config import ConfigError, Settings
 from imagegate.engines.sandbox import SandboxEngine
 from imagegate.engines.upstream import UpstreamSession
 from imagegate.gateway import Gateway
+from imagegate.memory import keep_freed_buffers
 from imagegate.moderation import ModerationClient
-from imagegate.channels import ChannelSet, ChannelStore, engine_factory, reload_channels
-from imagegate.routing import build_router
+from imagegate.channels import ChannelSet, ChannelStore, reload_channels
 from imagegate.storage import LocalStorage, UrlSigner
 from imagegate.storage.local import load_or_create_secret
 
@@ -112,10 +112,9 @@ def create_app(
     if unknown:
         raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
     upstream_client = UpstreamSession()  # connects on first use only
-    router = build_router(settings.channels, upstream_client)
-    channel_set = ChannelSet(settings.channels, catalog, router, engine_factory(upstream_client))
+    channel_set = ChannelSet(settings.channels, catalog, upstream_client)
     catalog = channel_set.catalog
-    engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms), "relay": router}
+    engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms), "relay": channel_set.router}
     moderation = None
     moderation_client = None
     if settings.moderation_url:
@@ -135,6 +134,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keep_freed_buffers()  # this process now serves: megabyte buffers come and go with every request
         background = []
         if billing_runtime is not None:
             await billing_runtime.start()  # migrate, register, release what a crashed server left held
@@ -197,8 +197,7 @@ async def _follow_channels(app: FastAPI, store: ChannelStore, interval: float) -
     while True:
         await asyncio.sleep(interval)
         try:
-            if await store.stamp() != app.state.channels.stamp:
-                await reload_channels(app.state, store)
+            if await reload_channels(app.state, store):
                 log.info("channels reloaded: %s", ", ".join(c.name for c in app.state.channels.router.channels))
         except Exception:  # the database may be away for a moment; the current channels stay
             log.exception("reloading channels failed")
@@ -215,26 +214,12 @@ async def _janitor(storage: LocalStorage, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def prepare_data_dir(settings: Settings) -> None:
-    """Build the app once and make what worker processes must find made, not race to make: the URL-signing
-    secret (two workers drawing their own would reject each other's links) and, with metering, the schema."""
-    create_app(settings)  # raises ConfigError on a bad setting
-    load_or_create_secret(settings.data_dir / "url_secret.key")
-    from imagegate.billing import metering_enabled
-
-    if metering_enabled(settings):
-        from imagegate.db import opened, resolve_url
-
-        async def upgrade() -> None:
-            async with opened(resolve_url(settings.database_url, settings.data_dir)):
-                pass
-
-        asyncio.run(upgrade())
-
-
-def _prepare_child(settings: Settings, answer) -> None:
+def _check_child(settings: Settings, answer) -> None:
+    """Build the app once: a bad setting shows here, and the URL-signing secret is made before any worker could
+    race to draw its own (two secrets would reject each other's links). Workers migrate the schema themselves,
+    one at a time (the database's write lock)."""
     try:
-        prepare_data_dir(settings)
+        create_app(settings)
     except Exception as exc:  # every problem goes back to the parent as its one line
         answer.send(str(exc) or type(exc).__name__)
     else:
@@ -242,12 +227,12 @@ def _prepare_child(settings: Settings, answer) -> None:
 
 
 def check_in_subprocess(settings: Settings) -> str:
-    """prepare_data_dir in a spawned process; returns its problem ("" if none)."""
+    """_check_child in a spawned process; returns its problem ("" if none)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_prepare_child, args=(settings, send), name="imagegate-check")
+    child = context.Process(target=_check_child, args=(settings, send), name="imagegate-check")
     child.start()
     send.close()
     try:
@@ -265,9 +250,6 @@ def worker_app() -> FastAPI:
     spec = json.loads(os.environ[WORKER_ENV])
     settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from imagegate.memory import keep_freed_buffers
-
-    keep_freed_buffers()
     return create_app(settings)
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -62,14 +62,6 @@ class ChannelStore:
 
         return await self.db.run_read(read)
 
-    async def stamp(self) -> tuple[int, float]:
-        """Changes whenever a channel is added, changed or removed (by any server)."""
-        def read(conn) -> tuple[int, float]:
-            row = conn.execute(sa.select(sa.func.count(), sa.func.max(channels_table.c.updated_at))).one()
-            return int(row[0]), float(row[1] or 0)
-
-        return await self.db.run_read(read)
-
     async def put(self, config: ChannelConfig) -> None:
         stored = json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
 
@@ -90,17 +82,16 @@ class ChannelStore:
 
 
 class ChannelSet:
-    """The router's channels and the catalog they imply."""
+    """The router over the config file's channels and the stored ones, and the catalog that implies."""
 
-    def __init__(self, file_channels: tuple[ChannelConfig, ...], base_catalog: Catalog, router: Router,
-                 make_engine: Callable[[ChannelConfig], Any]) -> None:
+    def __init__(self, file_channels: tuple[ChannelConfig, ...], base_catalog: Catalog, session: Any) -> None:
         self.file = {c.name: c for c in file_channels}
         self.admin: dict[str, ChannelConfig] = {}  # as given (env: references kept), by name
+        self.stored: list[dict[str, Any]] | None = None  # the stored channels last applied, as read
         self.base_catalog = base_catalog
-        self.router = router
-        self.make_engine = make_engine
-        self.stamp: tuple[int, float] | None = None
-        self.catalog = route_catalog(base_catalog, router)
+        self.session = session
+        self.router = Router([Channel(c, channel_engine(c, session)) for c in file_channels])
+        self.catalog = route_catalog(base_catalog, self.router)
 
     def apply(self, admin_raw: list[dict[str, Any]]) -> None:
         """Route to the file's channels plus these. A stored channel that no longer parses (a model removed from
@@ -119,46 +110,35 @@ class ChannelSet:
             used.append(resolved)
         live = {c.name: c for c in self.router.channels}
         self.router.channels = [
-            live[c.name] if c.name in live and live[c.name].config == c else Channel(c, self.make_engine(c))
+            live[c.name] if c.name in live and live[c.name].config == c else Channel(c, channel_engine(c, self.session))
             for c in used
         ]
         self.admin = admin_given
+        self.stored = admin_raw
         self.catalog = route_catalog(self.base_catalog, self.router)
 
     def describe(self) -> list[dict[str, Any]]:
+        """Every channel as configured (stored ones with their ``env:`` references), with its health."""
         now = self.router.clock()
-        live = {c.name: c for c in self.router.channels}
-        out = []
-        for name, given in [*self.file.items(), *self.admin.items()]:
-            channel = live.get(name)
-            fields = given.model_dump(mode="json")
-            fields["api_key"] = _masked(given.api_key)
-            out.append({
-                **fields,
-                "source": "config" if name in self.file else "admin",
-                "circuit": ("open" if channel.is_open(now) else "half-open" if channel.opened_at else "closed")
-                if channel else "unknown",
-                "consecutive_failures": channel.consecutive_failures if channel else 0,
-            })
-        return out
+        return [
+            {
+                **self.admin.get(channel.name, channel.config).model_dump(mode="json"),
+                "source": "admin" if channel.name in self.admin else "config",
+                "circuit": "open" if channel.is_open(now) else "half-open" if channel.opened_at else "closed",
+                "consecutive_failures": channel.consecutive_failures,
+            }
+            for channel in self.router.channels
+        ]
 
 
-def _masked(key: str) -> str:
-    if not key or key.startswith("env:"):
-        return key
-    return "*" * len(key) if len(key) <= 8 else f"{key[:3]}...{key[-4:]}"
-
-
-async def reload_channels(state: Any, store: ChannelStore) -> None:
-    """Route to the config file's channels plus those stored through the admin API, as they are now: the app's
-    catalog and the relay's queue follow."""
+async def reload_channels(state: Any, store: ChannelStore) -> bool:
+    """Route to the config file's channels plus the stored ones, if those changed since last applied; the app's
+    catalog and the relay's queue follow. Returns whether anything changed."""
     channel_set: ChannelSet = state.channels
-    stamp = await store.stamp()
-    channel_set.apply(await store.all())
-    channel_set.stamp = stamp
+    stored = await store.all()
+    if stored == channel_set.stored:
+        return False
+    channel_set.apply(stored)
     state.catalog = channel_set.catalog
     state.gateway.limiters["relay"].resize(channel_set.router.concurrency)  # the channels' own caps
-
-
-def engine_factory(session) -> Callable[[ChannelConfig], Any]:
-    return lambda config: channel_engine(config, session)
+    return True

@@ -16,7 +16,6 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imagegate.app import WORKER_ENV, check_in_subprocess, create_app, ensure_api_keys
-    from imagegate.memory import keep_freed_buffers
 
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "workers": args.workers}
     try:
@@ -53,7 +52,6 @@ def _serve(args: argparse.Namespace) -> int:
           flush=True)
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
     if settings.workers == 1:
-        keep_freed_buffers()
         uvicorn.run(app, **common)
         return 0
     # Workers are fresh processes: they read the same settings again, from the same file, environment and flags.

@@ -198,10 +198,6 @@ def channel_engine(config: ChannelConfig, client: UpstreamSession) -> ChannelEng
     return ChatImageEngine(config, client) if config.type == "chat-image" else OpenAICompatEngine(config, client)
 
 
-def build_router(channels: tuple[ChannelConfig, ...], client: UpstreamSession) -> Router:
-    return Router([Channel(config, channel_engine(config, client)) for config in channels])
-
-
 def route_catalog(catalog: Catalog, router: Router) -> Catalog:
     """Models served by a channel run on the router instead of their catalog engine."""
     from dataclasses import replace

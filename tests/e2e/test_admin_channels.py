@@ -15,12 +15,6 @@ from tests.imaging_helpers import decode_b64
 LOW = {"model": "gpt-image-1", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"}
 
 
-@pytest.fixture
-def faults():
-    upstream = FaultUpstream()
-    yield upstream
-    upstream.close()
-
 
 def _generations(faults: FaultUpstream) -> int:
     return faults.calls("/images/generations")
@@ -41,7 +35,7 @@ def test_a_channel_added_through_the_api_routes_at_once_and_on_every_server(back
         })
         assert made.status_code == 201, made.text
         shown = made.json()
-        assert shown["api_key"] == "sk-...1234" and shown["source"] == "admin" and shown["circuit"] == "closed"
+        assert shown["api_key"] == "sk-ups...1234" and shown["source"] == "admin" and shown["circuit"] == "closed"
         assert shown["weight"] == 1 and shown["models"] == ["gpt-image-1"]
 
         result = client(first, key).images.generate(**LOW)
@@ -56,7 +50,7 @@ def test_a_channel_added_through_the_api_routes_at_once_and_on_every_server(back
 
         changed = admin(first, "PATCH", "/channels/up", json={"weight": 5, "priority": 2})
         assert changed.status_code == 200 and (changed.json()["weight"], changed.json()["priority"]) == (5, 2)
-        assert changed.json()["api_key"] == "sk-...1234"  # the stored key is kept, never shown
+        assert changed.json()["api_key"] == "sk-ups...1234"  # the stored key is kept, never shown
         client(first, key).images.generate(**LOW)
         assert faults.authorizations[-1] == "Bearer sk-upstream-secret-1234"
 
@@ -71,22 +65,25 @@ def test_a_channel_added_through_the_api_routes_at_once_and_on_every_server(back
         drop()
 
 
-def test_stored_channels_survive_a_restart(backend, faults, tmp_path):
+def test_stored_channels_survive_a_restart(backend, faults, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEGATE_TEST_CHANNEL_KEY", "sk-from-the-environment")
     url, drop = fresh_url(backend, tmp_path)
     live = start_metered(tmp_path / "a", url)
     try:
         key = new_account(live, "acme", "5")
         assert admin(live, "POST", "/channels", json={
             "name": "up", "base_url": faults.base_url, "models": ["gpt-image-1"], "timeout_s": 60,
+            "api_key": "env:IMAGEGATE_TEST_CHANNEL_KEY",
         }).status_code == 201
     finally:
         live.stop()
     again = start_metered(tmp_path / "b", url)
     try:
         listed = admin(again, "GET", "/channels").json()["data"]
-        assert [(c["name"], c["timeout_s"], c["source"]) for c in listed] == [("up", 60.0, "admin")]
+        assert [(c["name"], c["timeout_s"], c["source"], c["api_key"]) for c in listed] == [
+            ("up", 60.0, "admin", "env:IMAGEGATE_TEST_CHANNEL_KEY")]  # a reference is shown as written
         client(again, key).images.generate(**LOW)
-        assert _generations(faults) == 1
+        assert _generations(faults) == 1 and faults.authorizations == ["Bearer sk-from-the-environment"]
     finally:
         again.stop()
         drop()
@@ -122,7 +119,7 @@ def test_config_file_channels_are_listed_but_changed_only_in_the_file(backend, f
     live = start_metered(tmp_path / "a", url, channels=(fixed,))
     try:
         listed = admin(live, "GET", "/channels").json()["data"]
-        assert [(c["name"], c["source"], c["api_key"]) for c in listed] == [("file", "config", "sk-...8765")]
+        assert [(c["name"], c["source"], c["api_key"]) for c in listed] == [("file", "config", "sk-fil...8765")]
         for method, path, body in (("PATCH", "/channels/file", {"weight": 2}), ("DELETE", "/channels/file", None),
                                    ("POST", "/channels", {**fixed, "models": ["gpt-image-1"]})):
             answer = admin(live, method, path, json=body)

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
-import httpx
 from openai import OpenAI
 from PIL import Image
 
 from tests.imaging_helpers import mask_bytes, png_bytes
-from tests.servers import EXE, TEST_KEY, clean_env, free_port, run_cli
-
-_cli = run_cli
-
+from tests.servers import TEST_KEY, free_port, run_cli, serve_process, wait_healthy
 
 def test_generate_names_files_from_the_prompt_and_never_overwrites(server, tmp_path):
     args = ["generate", "A red fox, in snow!", "--model", "gpt-image-1", "--size", "1024x1024", "--quality", "low",
             "--n", "2", "--out", str(tmp_path / "out"), "--base-url", server.base_url, "--api-key", TEST_KEY]
-    first = _cli(*args, cwd=tmp_path)
+    first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    second = _cli(*args, cwd=tmp_path)
+    second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [f"a-red-fox-in-snow_{i}.png" for i in range(4)]
@@ -31,7 +26,7 @@ def test_generate_names_files_from_the_prompt_and_never_overwrites(server, tmp_p
 
 
 def test_generate_reads_openai_environment(server, tmp_path):
-    done = _cli("generate", "a blue kite", "--model", "dall-e-2", "--size", "256x256", "--out", str(tmp_path),
+    done = run_cli("generate", "a blue kite", "--model", "dall-e-2", "--size", "256x256", "--out", str(tmp_path),
                 cwd=tmp_path, env={"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": TEST_KEY})
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.splitlines()[0])
@@ -41,7 +36,7 @@ def test_generate_reads_openai_environment(server, tmp_path):
 def test_edit_with_mask(server, tmp_path):
     (tmp_path / "base.png").write_bytes(png_bytes(1024, 1024, (20, 200, 20, 255)))
     (tmp_path / "mask.png").write_bytes(mask_bytes(1024, 1024, (0, 0, 512, 512)))
-    done = _cli("edit", "add a sun", str(tmp_path / "base.png"), "--mask", str(tmp_path / "mask.png"),
+    done = run_cli("edit", "add a sun", str(tmp_path / "base.png"), "--mask", str(tmp_path / "mask.png"),
                 "--model", "gpt-image-1.5", "--size", "1024x1024", "--quality", "low", "--format", "webp",
                 "--out", str(tmp_path / "edits"), "--base-url", server.base_url, "--api-key", TEST_KEY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -52,7 +47,7 @@ def test_edit_with_mask(server, tmp_path):
 
 
 def test_client_error_is_reported(server, tmp_path):
-    done = _cli("generate", "x", "--model", "gpt-image-1", "--size", "1000x1000", "--base-url", server.base_url,
+    done = run_cli("generate", "x", "--model", "gpt-image-1", "--size", "1000x1000", "--base-url", server.base_url,
                 "--api-key", TEST_KEY, cwd=tmp_path)
     assert done.returncode == 1
     assert "1000x1000" in done.stderr
@@ -61,12 +56,7 @@ def test_client_error_is_reported(server, tmp_path):
 def test_serve_creates_a_key_on_first_start(tmp_path):
     port = free_port()
     data_dir = tmp_path / "data"
-    env = clean_env()
-    proc = subprocess.Popen(
-        [str(EXE), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
-    )
-    try:
+    with serve_process("--port", str(port), "--data-dir", str(data_dir), cwd=tmp_path) as proc:
         lines = []
         deadline = time.monotonic() + 30
         key = None
@@ -77,23 +67,15 @@ def test_serve_creates_a_key_on_first_start(tmp_path):
                 key = line.strip()
         assert key, "".join(lines)
         assert (data_dir / "api_key.txt").read_text().strip() == key
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(port, proc)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         result = client.images.generate(model="gpt-image-2", prompt="a quiet harbour", size="1024x1024", quality="low")
         assert result.usage.output_tokens == 196
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_serve_refuses_a_bad_config_in_one_line(tmp_path):
     config = tmp_path / "imagegate.toml"
     config.write_text('port = "not a port"\n')
-    done = _cli("serve", "--config", str(config), cwd=tmp_path)
+    done = run_cli("serve", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "port" in done.stderr

@@ -139,12 +139,6 @@ def test_chat_image_upstream_relayed_into_images_response(upstream, tmp_path):
 # --- a fault-injecting upstream -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def faults():
-    upstream = FaultUpstream()
-    yield upstream
-    upstream.close()
-
 
 def _front(tmp_path, *channels):
     live = start_server(tmp_path, channels=tuple(channels))

@@ -17,12 +17,6 @@ def _channel(name, upstream, **extra):
     return {"name": name, "base_url": upstream.base_url, "api_key": "k", "models": ["gpt-image-1"], **extra}
 
 
-@pytest.fixture
-def faults():
-    upstream = FaultUpstream()
-    yield upstream
-    upstream.close()
-
 
 def _run(tmp_path, channels, expect_error: bool):
     with metered_server("sqlite", tmp_path, channels=tuple(channels)) as live:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,36 +12,18 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.servers import EXE, clean_env, free_port, run_cli
-
-_cli = run_cli
-_env = clean_env
-
-
-def _wait_up(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "serve exited"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("the workers did not come up")
-
+from tests.servers import free_port, run_cli, serve_process, wait_healthy
 
 def test_workers_share_signed_links_and_the_ledger(tmp_path):
     data = tmp_path / "data"
     where = ["--data-dir", str(data)]
     # Ten 256x256 dall-e-2 images at $0.016 each: the balance covers exactly ten.
-    assert _cli("accounts", "create", "acme", "--balance", "0.16", *where).returncode == 0
-    made = _cli("keys", "create", "--account", "acme", *where)
+    assert run_cli("accounts", "create", "acme", "--balance", "0.16", *where).returncode == 0
+    made = run_cli("keys", "create", "--account", "acme", *where)
     key = made.stdout.strip().splitlines()[-1]
     port = free_port()
-    proc = subprocess.Popen([str(EXE), "serve", "--port", str(port), "--workers", "2", *where],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-    try:
-        _wait_up(port, proc)
+    with serve_process("--port", str(port), "--workers", "2", *where) as proc:
+        wait_healthy(port, proc)
         deadline = time.monotonic() + 60
         while True:  # the first worker may answer before the second has registered
             with sqlite3.connect(data / "imagegate.db") as db:
@@ -72,12 +53,26 @@ def test_workers_share_signed_links_and_the_ledger(tmp_path):
             for _ in range(3):
                 fetched = httpx.get(result.data[0].url, timeout=10)
                 assert fetched.status_code == 200 and fetched.content[:8] == b"\x89PNG\r\n\x1a\n"
-        shown = json.loads(_cli("accounts", "show", "acme", "--json", *where).stdout)
+        shown = json.loads(run_cli("accounts", "show", "acme", "--json", *where).stdout)
         assert shown["balance_micro"] == 0 and shown["held_micro"] == 0
         assert shown["totals"]["settle"] == 160_000 == shown["totals"]["usage_cost"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+
+def test_workers_on_a_fresh_database_migrate_it_one_at_a_time(tmp_path):
+    from imagegate.db import head_revision
+
+    config = tmp_path / "imagegate.toml"
+    config.write_text('admin_token = "admin-token-for-tests"\n')  # metering on, no database yet
+    data = tmp_path / "data"
+    port = free_port()
+    with serve_process("--port", str(port), "--workers", "2", "--config", str(config), "--data-dir", str(data)) \
+            as proc:
+        wait_healthy(port, proc)
+        made = httpx.post(f"http://127.0.0.1:{port}/admin/accounts", json={"name": "acme", "balance": "1"},
+                          headers={"Authorization": "Bearer admin-token-for-tests"}, timeout=30)
+        assert made.status_code == 201, made.text
+    current = run_cli("db", "current", "--data-dir", str(data))
+    assert f"schema revision: {head_revision()} (newest: {head_revision()})" in current.stdout
 
 
 def test_a_bad_setting_stops_the_workers_before_they_start(tmp_path):

@@ -131,7 +131,7 @@ async def update_account(name: str, request: Request) -> Any:
         raise InvalidRequest(f"Unknown field '{sorted(unknown)[0]}': an account's group can be changed.",
                              param=sorted(unknown)[0])
     account = await _store(request).set_group(name, check_group(billing, body.get("group")))
-    _forget_keys(request)  # remembered keys carry the old group
+    request.app.state.keys.forget()  # remembered keys carry the old group
     return account_dict(account, billing)
 
 
@@ -193,15 +193,10 @@ async def create_key(request: Request) -> Any:
 @router.post("/keys/{prefix}/revoke", dependencies=guard)
 async def revoke_key(prefix: str, request: Request) -> Any:
     key = await _store(request).revoke_key(prefix)
-    _forget_keys(request, key.prefix)
+    request.app.state.keys.forget(key.prefix)
     return key_dict(key, request.app.state.billing)
 
 
-def _forget_keys(request: Request, prefix: str | None = None) -> None:
-    """This process's key cache must not outlive a change made through it (another process's cache expires)."""
-    forget = getattr(request.app.state.keys, "forget", None)
-    if forget is not None:
-        forget(prefix)
 
 
 @router.get("/usage", dependencies=guard)

@@ -28,6 +28,9 @@ class Principal:
 class KeyStore(Protocol):
     async def authenticate(self, token: str) -> Principal: ...
 
+    def forget(self, prefix: str | None = None) -> None:
+        """Drop what is remembered about keys (with ``prefix``, or all): they changed."""
+
 
 class StaticKeys:
     """Keys from configuration: an explicit, unmetered mode."""
@@ -42,11 +45,15 @@ class StaticKeys:
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
         if not matched:
-            raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
-        return Principal(key_prefix=_redact(token))
+            raise AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
+        return Principal(key_prefix=redact(token))
+
+    def forget(self, prefix: str | None = None) -> None:
+        return None  # configured keys change only with the configuration
 
 
-def _redact(token: str) -> str:
+def redact(token: str) -> str:
+    """A key as it may be shown: enough to recognise it, never enough to use it."""
     if len(token) <= 8:
         return "*" * len(token)
     return f"{token[:6]}...{token[-4:]}"

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.responses import Response
 
-from imagegate.api.auth import Principal, StaticKeys, require_principal
+from imagegate.api.auth import Principal, StaticKeys, redact, require_principal
 from imagegate.api.render import FastJSONResponse, StreamRenderer, images_response
 from imagegate.api.wire import base_url, content_type, json_body
 from imagegate.billing import Billing, Idempotency
@@ -56,7 +56,7 @@ class DbKeys:
             except AuthenticationFailed:
                 pass
         if not token.startswith(KEY_PREFIX):
-            raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
+            raise AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
         digest = hash_key(token)
         cached = self._cache.get(digest)
         now = time.time()
@@ -65,7 +65,7 @@ class DbKeys:
         generation = self._generation  # a forget() while we read must not be undone by caching what we read
         found = await self.store.key_by_secret(token)
         if found is None:
-            raise AuthenticationFailed(f"Incorrect API key provided: {_redact(token)}.")
+            raise AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
         key, account = found
         state = key.state(now)
         if state == "revoked":
@@ -91,10 +91,6 @@ class DbKeys:
             return
         for digest in [d for d, (_, who, _) in self._cache.items() if who.key_prefix.startswith(prefix)]:
             del self._cache[digest]
-
-
-def _redact(token: str) -> str:
-    return "*" * len(token) if len(token) <= 8 else f"{token[:6]}...{token[-4:]}"
 
 
 # --- headers ----------------------------------------------------------------------------------------------------

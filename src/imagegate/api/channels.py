@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from imagegate.api.admin import require_admin
+from imagegate.api.auth import redact
 from imagegate.api.wire import json_body
 from imagegate.channels import ChannelError, ChannelSet, ChannelStore, parse_channel, reload_channels
 from imagegate.errors import Conflict, ImagegateError, InvalidRequest, InvalidType, NotFound
@@ -23,13 +24,18 @@ def _store(request: Request) -> ChannelStore:
     return store
 
 
-def _listing(request: Request) -> dict[str, Any]:
+def _described(request: Request) -> list[dict[str, Any]]:
+    """The channels with their keys redacted; an ``env:`` reference names a variable, not a secret."""
     channels: ChannelSet = request.app.state.channels
-    return {"object": "list", "data": channels.describe()}
+    described = channels.describe()
+    for channel in described:
+        if channel["api_key"] and not channel["api_key"].startswith("env:"):
+            channel["api_key"] = redact(channel["api_key"])
+    return described
 
 
 def _one(request: Request, name: str) -> dict[str, Any]:
-    return next(c for c in request.app.state.channels.describe() if c["name"] == name)
+    return next(c for c in _described(request) if c["name"] == name)
 
 
 async def _save(request: Request, raw: dict[str, Any]) -> None:
@@ -55,7 +61,7 @@ async def _object(request: Request) -> dict[str, Any]:
 
 @router.get("")
 async def list_channels(request: Request) -> Any:
-    return _listing(request)
+    return {"object": "list", "data": _described(request)}
 
 
 @router.post("", status_code=201)

@@ -112,6 +112,10 @@ def frame(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+# Placeholders carry this process's random nonce: no text in an answer can pass for one.
+_SPLICE_NONCE = secrets.token_hex(8)
+
+
 class JSONText:
     """Bytes that already are a JSON string's content (base64: printable ASCII, no quote or backslash), spliced
     into the answer as they are."""
@@ -126,7 +130,7 @@ def dumps(content: Any) -> bytes:
     """orjson, with JSONText spliced in afterwards: a relayed image's base64 is copied once, into the answer,
     instead of being sliced, decoded to text and scanned by the encoder (and each copy held at once)."""
     spliced: list[bytes | memoryview] = []
-    nonce = secrets.token_hex(8)
+    nonce = _SPLICE_NONCE
 
     def placeholder(value: Any) -> str:
         if isinstance(value, JSONText):

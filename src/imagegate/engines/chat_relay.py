@@ -8,7 +8,6 @@ hand them on as a normal images result.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -17,20 +16,15 @@ from typing import AsyncIterator
 import aiohttp
 
 from imagegate.catalog.sizes import ratio_from_prompt, ratio_label
-from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, Progress
 from imagegate.engines.upstream import (
     Attempt,
-    conform,
-    download,
+    RelayEngine,
+    UpstreamRequest,
     sse_data,
     stream_error,
-    trusted_hosts,
     upstream_call,
-    UpstreamRequest,
-    UpstreamSession,
     usage_from,
-    with_deadline,
 )
 from imagegate.errors import UpstreamError
 
@@ -39,12 +33,8 @@ _IMAGE_LINK_RE = re.compile(r"!\[[^\]]*\]\((https?://[^)\s]+)\)")
 _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
 
 
-class ChatImageEngine:
-    def __init__(self, channel: ChannelConfig, client: UpstreamSession) -> None:
-        self.channel = channel
-        self.client = client
-        self.name = f"chat-image:{channel.name}"
-        self.trusted_hosts = trusted_hosts(channel.base_url)
+class ChatImageEngine(RelayEngine):
+    kind = "chat-image"
 
     def _body(self, job: Job) -> dict:
         prompt = job.prompt
@@ -60,9 +50,6 @@ class ChatImageEngine:
             "stream": True,
             "messages": [{"role": "user", "content": content}],
         }
-
-    def run(self, job: Job) -> AsyncIterator[Event]:
-        return with_deadline(self.channel, lambda state: self._attempt(job, state))
 
     async def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Event]:
         channel = self.channel
@@ -107,11 +94,7 @@ class ChatImageEngine:
         delivered = 0
         for index, url in enumerate(urls[: job.n]):
             try:
-                raw = await download(self.client, url, max_bytes=channel.max_download_bytes,
-                                     trusted_hosts=self.trusted_hosts)
-                data_bytes, fmt, size = await asyncio.to_thread(
-                    conform, raw, job.output_format, job.output_compression, job.transparent
-                )
+                data_bytes, fmt, size = await self.fetch_image(url, job)
             except (ValueError, aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError(
                     f"Downloading image {index} from the upstream '{channel.name}' failed: {exc}.",
@@ -121,9 +104,6 @@ class ChatImageEngine:
             yield ImageDone(index, data_bytes, fmt, size)
         yield Progress(100, "finishing")
         yield JobDone(usage_from(None, job, delivered))
-
-    async def aclose(self) -> None:
-        return None
 
 
 def image_links(text: str, *, sent: str) -> list[str]:

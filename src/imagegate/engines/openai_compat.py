@@ -17,21 +17,19 @@ from imagegate.catalog.tokens import Usage
 from imagegate.config import ChannelConfig
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
 from imagegate.engines.upstream import (
+    Attempt,
+    RelayEngine,
+    UpstreamRequest,
+    UpstreamSession,
     conform,
     decode_b64_image,
-    download,
-    Attempt,
     loads_images_json,
     read_body,
     sse_data,
     stream_error,
     strip_data_url,
-    trusted_hosts,
     upstream_call,
-    UpstreamRequest,
-    UpstreamSession,
     usage_from,
-    with_deadline,
 )
 from imagegate.imaging import header_size, sniff_format
 from imagegate.errors import UpstreamError
@@ -46,13 +44,12 @@ _DEFAULT_DROPS = {
 }
 
 
-class OpenAICompatEngine:
+class OpenAICompatEngine(RelayEngine):
+    kind = "openai"
+
     def __init__(self, channel: ChannelConfig, client: UpstreamSession) -> None:
-        self.channel = channel
-        self.client = client
-        self.name = f"openai:{channel.name}"
+        super().__init__(channel, client)
         self.official = any(h in channel.base_url for h in _OPENAI_HOSTS)
-        self.trusted_hosts = trusted_hosts(channel.base_url)
 
     # -- request building --------------------------------------------------------------------------------------
 
@@ -110,9 +107,6 @@ class OpenAICompatEngine:
 
     # -- running -----------------------------------------------------------------------------------------------
 
-    def run(self, job: Job) -> AsyncIterator[Event]:
-        return with_deadline(self.channel, lambda state: self._attempt(job, state))
-
     async def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Event]:
         async with upstream_call(self.client, self._request(job), self.channel, state) as response:
             if response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -145,12 +139,13 @@ class OpenAICompatEngine:
                 if size is not None:
                     return ImageDone(index, None, job.output_format, size, revised, b64=text)
             data = decode_b64_image(text)
+            data, fmt, size = await asyncio.to_thread(
+                conform, data, job.output_format, job.output_compression, job.transparent
+            )
         elif item.get("url"):
-            data = await download(self.client, item["url"], max_bytes=self.channel.max_download_bytes,
-                                  trusted_hosts=self.trusted_hosts)
+            data, fmt, size = await self.fetch_image(item["url"], job)
         else:
             raise ValueError("an image has neither b64_json nor url")
-        data, fmt, size = await asyncio.to_thread(conform, data, job.output_format, job.output_compression, job.transparent)
         return ImageDone(index, data, fmt, size, revised)
 
     async def _read_json(self, job: Job, body: bytes) -> AsyncIterator[Event]:
@@ -201,9 +196,6 @@ class OpenAICompatEngine:
         if index == 0:
             raise self._malformed("the stream ended without a completed image")
         yield JobDone(usage if saw_usage else usage_from(None, job, index))
-
-    async def aclose(self) -> None:
-        return None
 
 
 def _form_value(value: Any) -> str:

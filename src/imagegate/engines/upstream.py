@@ -343,6 +343,30 @@ async def download(
     raise ValueError("image download redirected too many times")
 
 
+class RelayEngine:
+    """What both channel types share: the channel and the session, one attempt under the channel's deadline, and
+    images fetched from links the upstream gave (only its own host or public addresses) in the format asked for."""
+
+    kind = "relay"
+
+    def __init__(self, channel: "ChannelConfig", client: UpstreamSession) -> None:
+        self.channel = channel
+        self.client = client
+        self.name = f"{self.kind}:{channel.name}"
+        self.trusted_hosts = trusted_hosts(channel.base_url)
+
+    def run(self, job: Job) -> AsyncIterator[Any]:
+        return with_deadline(self.channel, lambda state: self._attempt(job, state))
+
+    def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Any]:
+        raise NotImplementedError
+
+    async def fetch_image(self, url: str, job: Job) -> tuple[bytes, str, Size]:
+        raw = await download(self.client, url, max_bytes=self.channel.max_download_bytes,
+                             trusted_hosts=self.trusted_hosts)
+        return await asyncio.to_thread(conform, raw, job.output_format, job.output_compression, job.transparent)
+
+
 def trusted_hosts(base_url: str) -> frozenset[str]:
     """Hosts a channel may point image links at without the public-address check: its own."""
     host = urlsplit(base_url).hostname or ""
@@ -367,6 +391,8 @@ def conform(data: bytes, fmt: str, compression: int, transparent: bool) -> tuple
 
 
 _B64_KEY = b'"b64_json":'
+# Placeholders carry this process's random tag: a value in an upstream's body cannot pass for one.
+_PLACEHOLDER_TAG = secrets.token_hex(8)
 
 
 def loads_images_json(body: bytes) -> Any:
@@ -380,8 +406,7 @@ def loads_images_json(body: bytes) -> Any:
     lifted: list[memoryview] = []
     pieces: list[bytes] = []
     view = memoryview(body)
-    # The placeholder carries a random tag: a value in the body that looks like one must not be taken for it.
-    tag = secrets.token_hex(8)
+    tag = _PLACEHOLDER_TAG
     pos = 0
     while (found := body.find(_B64_KEY, pos)) >= 0:
         start = found + len(_B64_KEY)
