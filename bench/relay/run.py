@@ -154,7 +154,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="measure every contender this many times; medians")
-    parser.add_argument("--only", nargs="*", default=["nginx", "imagegate", "litellm"])
+    parser.add_argument("--only", nargs="*", default=["nginx", "imagegate", "litellm"],
+                        choices=["nginx", "imagegate", "litellm", "floor", "floor-buffered"],
+                        help="contenders; floor and floor-buffered are the bare Python relays of floor.py")
+    parser.add_argument("--out", default=str(HERE / "results.json"), help="where the raw numbers go")
     parser.add_argument("--database-url", default="",
                         help="imagegate's ledger database (default: SQLite in its data dir)")
     parser.add_argument("--unmetered", dest="metered", action="store_false",
@@ -239,6 +242,15 @@ concurrency = 64
             procs.append(proc)
             targets["imagegate"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
 
+        for name, mode in (("floor", "stream"), ("floor-buffered", "buffered")):
+            if name in args.only:
+                port = free_port()
+                proc = subprocess.Popen([sys.executable, str(HERE / "floor.py"), "--upstream", f"http://127.0.0.1:{up_port}",
+                                         "--port", str(port), "--mode", mode, "--workers", str(args.workers)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(proc)
+                targets[name] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
+
         if "litellm" in args.only:
             exe = ensure_litellm()
             port = free_port()
@@ -301,14 +313,19 @@ litellm_settings:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if "nginx" in results:
+        for name, theirs in results.items():
+            if name != "nginx":
+                print(f"{name} / nginx: req/s x{theirs['rps_16'] / results['nginx']['rps_16']:.2f}, "
+                      f"p50 x{theirs['p50_ms_1'] / results['nginx']['p50_ms_1']:.2f}")
     if "imagegate" in results:
         mine = results["imagegate"]
-        for other in ("litellm", "nginx"):
+        for other in ("litellm", "floor", "floor-buffered"):
             if other in results:
                 theirs = results[other]
                 print(f"imagegate / {other}: req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, "
                       f"p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}")
-    (HERE / "results.json").write_text(json.dumps({"payload_bytes": len(body), "imagegate_metered": args.metered,
+    Path(args.out).write_text(json.dumps({"payload_bytes": len(body), "imagegate_metered": args.metered,
                                                    "workers": args.workers, "results": results}, indent=2) + "\n")
     return 0
 
