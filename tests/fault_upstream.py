@@ -35,6 +35,9 @@ class Reply:
     trickle_s: float = 0.0  # between body chunks: a slow body
     truncate: bool = False  # send half the body and close
     hang: bool = False  # never answer
+    pause_at: int | None = None  # send this many bytes of the body, then wait pause_s before the rest
+    pause_s: float = 0.0
+    cut_at: int | None = None  # send this many bytes of the body (after any pause), then close the connection
 
 
 class FaultUpstream:
@@ -79,10 +82,21 @@ class FaultUpstream:
                     if name != "content-type":
                         self.send_header(name, value)
                 self.end_headers()
-                if reply.truncate:
-                    self.wfile.write(payload[: len(payload) // 2])
+                cut = len(payload) // 2 if reply.truncate else reply.cut_at
+                sent = 0
+                if reply.pause_at is not None:
+                    sent = min(reply.pause_at, len(payload) if cut is None else cut)
+                    self.wfile.write(payload[:sent])
+                    self.wfile.flush()
+                    if upstream._stop.wait(reply.pause_s):
+                        return
+                if cut is not None:
+                    self.wfile.write(payload[sent:cut])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if sent:
+                    self.wfile.write(payload[sent:])
                     return
                 if reply.trickle_s:
                     for i in range(0, len(payload), 64):

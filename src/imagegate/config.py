@@ -49,6 +49,9 @@ class ChannelConfig(BaseModel):
     circuit_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
     circuit_cooldown_s: float = Field(30.0, gt=0)
     max_download_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # url-only answers are fetched up to this
+    # Forward a b64_json image to the client while the upstream still sends it, once its header checks out; off:
+    # read and check the whole answer first (an error found later can then still be an error answer).
+    stream_through: bool = True
 
 
 class Settings(BaseModel):

@@ -215,7 +215,7 @@ class Gateway:
                         delivered = DeliveredImage(event)
                         run.result.images.append(delivered)
                         run._emit(event)
-                        if store_images or run.abandoned:
+                        if (store_images or run.abandoned) and not event.arriving:
                             delivered.stored = await self.storage.put(event.bytes(), event.format)
                             run._emit(Stored(event.image_index, delivered.stored))
                     elif isinstance(event, JobDone):
@@ -226,11 +226,13 @@ class Gateway:
                         run._emit(event)
             finally:
                 limiter.release()
-            if run.abandoned:
-                # Images produced before the client left were not stored yet.
+            if store_images or run.abandoned:
+                # Images handed over while still arriving, or produced before the client left, are stored now.
                 for delivered in run.result.images:
                     if delivered.stored is None:
                         delivered.stored = await self.storage.put(delivered.data, delivered.format)
+                        run._emit(Stored(delivered.index, delivered.stored))
+            if run.abandoned:
                 log.info(
                     "request %s finished after the client left; %d image(s) stored",
                     job.request_id, len(run.result.images),

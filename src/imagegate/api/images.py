@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-
+import logging
+import time
+from dataclasses import replace
 from typing import Any, AsyncIterator
+
+import orjson
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -14,13 +18,22 @@ from starlette.formparsers import MultiPartException
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, start_run, stream_headers
 from imagegate.api.wire import base_url, content_type, json_body
-from imagegate.api.render import FastJSONResponse, StreamRenderer, images_response
-from imagegate.engines.base import ImageDone, PartialImage
+from imagegate.api.render import (
+    AnswerCutOff,
+    ArrivingResponse,
+    FastJSONResponse,
+    StreamRenderer,
+    images_response,
+    images_tail,
+    item_extras,
+)
+from imagegate.engines.base import Base64Stream, ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
 from imagegate.gateway import Run
 from imagegate.validate import RawRequest, decode_image_reference, validate_request
 
 router = APIRouter()
+log = logging.getLogger("imagegate.api")
 
 MAX_MULTIPART_FILES = 32
 
@@ -83,6 +96,11 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
     image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))
+    if not image_request.stream and image_request.response_format == "b64_json" \
+            and "idempotency-key" not in request.headers and image_request.job.model.id != "dall-e-3":
+        # Nothing needs the image stored before it is answered (nor, as dall-e-3's revised prompt, read from the
+        # end of the upstream's answer): a relay may forward it while it arrives.
+        image_request = replace(image_request, job=replace(image_request.job, b64_as_it_arrives=True))
     run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
     if not isinstance(run, Run):
         return run
@@ -92,13 +110,53 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
+    events = run.events()
     try:
-        result = await run.wait()
+        async for event in events:
+            if isinstance(event, ImageDone) and event.arriving:
+                # Answer now and forward the image as it arrives; the cost is not known before the end, so the
+                # headers carry the quote, as a stream's do.
+                return ArrivingResponse(_arriving_body(run, event, events), headers=stream_headers(run))
     except BaseException:
         run.abandon()
         raise
-    body = images_response(image_request, result, storage=state.storage, base_url=base_url(request))
+    body = images_response(image_request, run.result, storage=state.storage, base_url=base_url(request))
     return FastJSONResponse(body, headers=cost_headers(run))
+
+
+async def _arriving_body(run: Run, first: ImageDone, events: AsyncIterator) -> AsyncIterator[Any]:
+    """An images response written while its images arrive: the same document ``images_response`` makes.
+
+    Should the upstream fail after this began, the response is cut off rather than ended: the client sees a broken
+    answer (the SDK retries it), never a whole-looking one, and nothing is charged.
+    """
+    image_request = run.request
+    try:
+        yield b'{"created":%d,"data":[' % int(time.time())
+        image: ImageDone | None = first
+        while image is not None:
+            yield b'{"b64_json":"' if image is first else b',{"b64_json":"'
+            if isinstance(image.b64, Base64Stream):
+                async for piece in image.b64.pieces():
+                    yield piece
+            else:
+                yield image.base64_ascii()
+            extra = item_extras(image_request, image)
+            yield b'"' + (b"," + orjson.dumps(extra)[1:] if extra else b"}")
+            image = None
+            async for event in events:
+                if isinstance(event, ImageDone):
+                    image = event
+                    break
+        # The run has ended (and is settled): what follows the images.
+        tail = images_tail(image_request, run.result)
+        yield b"]," + orjson.dumps(tail)[1:] if tail else b"]}"
+    except ImagegateError as exc:
+        log.warning("request %s: its answer is cut off: %s", image_request.job.request_id, exc.message)
+        raise AnswerCutOff() from exc
+    except BaseException:
+        run.abandon()
+        raise
 
 
 async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:

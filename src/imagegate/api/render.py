@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from imagegate.catalog.tokens import Usage
+from imagegate.engines.base import ImageDone
 from imagegate.errors import ImagegateError
 from imagegate.gateway import RunResult
 from imagegate.storage import LocalStorage
@@ -29,7 +31,6 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
 def images_response(
     request: ImageRequest, result: RunResult, *, storage: LocalStorage, base_url: str
 ) -> dict[str, Any]:
-    job = request.job
     data = []
     for image in sorted(result.images, key=lambda i: i.index):
         item: dict[str, Any] = {}
@@ -40,21 +41,34 @@ def images_response(
             item["b64_json"] = image.done.b64  # parsed text: orjson escapes whatever it holds
         else:
             item["b64_json"] = JSONText(image.done.base64_ascii())
-        if job.model.id == "dall-e-3":
-            item["revised_prompt"] = image.revised_prompt or job.prompt
-        elif request.original_prompt is not None:
-            item["revised_prompt"] = job.prompt  # the prompt guard's rewrite: the prompt that was used
+        item.update(item_extras(request, image.done))
         data.append(item)
-    body: dict[str, Any] = {"created": int(time.time()), "data": data}
+    return {"created": int(time.time()), "data": data, **images_tail(request, result)}
+
+
+def item_extras(request: ImageRequest, image: ImageDone) -> dict[str, Any]:
+    """What an image's item carries besides the image."""
+    job = request.job
+    if job.model.id == "dall-e-3":
+        return {"revised_prompt": image.revised_prompt or job.prompt}
+    if request.original_prompt is not None:
+        return {"revised_prompt": job.prompt}  # the prompt guard's rewrite: the prompt that was used
+    return {}
+
+
+def images_tail(request: ImageRequest, result: RunResult) -> dict[str, Any]:
+    """What an images response carries after ``data``."""
+    job = request.job
+    tail: dict[str, Any] = {}
     if job.model.response in ("gpt", "chat-image"):
-        body["background"] = job.background
-        body["output_format"] = job.output_format
+        tail["background"] = job.background
+        tail["output_format"] = job.output_format
         # What was produced: an upstream may answer a different size than asked (size=auto, chat upstreams).
-        body["size"] = str(result.images[0].size) if result.images else str(job.size)
+        tail["size"] = str(result.images[0].size) if result.images else str(job.size)
     if job.model.response == "gpt":
-        body["quality"] = job.quality
-        body["usage"] = usage_dict(result.usage)
-    return body
+        tail["quality"] = job.quality
+        tail["usage"] = usage_dict(result.usage)
+    return tail
 
 
 def _usage_shares(usage: Usage, n: int) -> list[Usage]:
@@ -159,3 +173,23 @@ class FastJSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+class AnswerCutOff(Exception):
+    """Raised by an arriving answer's body: what it forwards failed after the answer began."""
+
+
+class ArrivingResponse(StreamingResponse):
+    """A JSON answer written while its images arrive. One cut off (:class:`AnswerCutOff`) is left unended, so the
+    server closes the connection: a client can never take half an answer for a whole one."""
+
+    media_type = "application/json"
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except AnswerCutOff:
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

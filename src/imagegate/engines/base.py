@@ -6,6 +6,7 @@ renders those events as a JSON response, an SSE stream or chat chunks.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ class Job:
     image_files: tuple[tuple[bytes, str], ...] = ()
     mask_file: tuple[bytes, str] | None = None
     client_params: dict[str, Any] = field(default_factory=dict)
+    # The consumer can take an image's base64 while it still arrives (a JSON answer in b64_json, nothing stored
+    # first): a relay may then hand over an ImageDone whose base64 is a Base64Stream.
+    b64_as_it_arrives: bool = False
 
     @property
     def transparent(self) -> bool:
@@ -62,6 +66,67 @@ class PartialImage:
     data: bytes
 
 
+class Base64Stream:
+    """An image's base64 while an upstream still sends it: pieces of printable ASCII without quotes or
+    backslashes (a JSON string's content as it is), in order. The relay appends and closes it, or fails it; a
+    reader takes the pieces as they come and hears the failure. Readers never wait on the writer's pace: the relay
+    reads the upstream whether anyone follows or not."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes | memoryview] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed: asyncio.Future | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    def append(self, piece: bytes | memoryview) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._wake()
+
+    def close(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done and self._error is None:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            if not self._changed.done():
+                self._changed.set_result(None)
+            self._changed = None
+
+    async def pieces(self) -> AsyncIterator[bytes | memoryview]:
+        index = 0
+        while True:
+            while index < len(self._pieces):
+                yield self._pieces[index]
+                index += 1
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            if self._changed is None:
+                self._changed = asyncio.get_running_loop().create_future()
+            await self._changed
+
+    def text(self) -> bytes | memoryview:
+        """The whole base64, once it has all arrived."""
+        if self._error is not None:
+            raise self._error
+        if not self._done:
+            raise RuntimeError("the image's base64 has not all arrived yet")
+        if len(self._pieces) == 1:
+            return self._pieces[0]  # a view into the upstream's read, not a copy of it
+        return b"".join(self._pieces)
+
+
 @dataclass(frozen=True)
 class ImageDone:
     """A finished image. Relays may hand over the upstream's base64 (as text, or as ASCII bytes still inside the
@@ -73,18 +138,29 @@ class ImageDone:
     format: str
     size: Size
     revised_prompt: str | None = None
-    b64: str | bytes | memoryview | None = None
+    b64: str | bytes | memoryview | Base64Stream | None = None
 
     def __post_init__(self) -> None:
         if self.data is None and self.b64 is None:
             raise ValueError("an image needs its bytes or its base64 text")
 
+    @property
+    def arriving(self) -> bool:
+        """Its base64 is still coming in: read it with ``b64.pieces()``."""
+        return isinstance(self.b64, Base64Stream) and not self.b64.complete
+
+    def _settle_stream(self) -> None:
+        if isinstance(self.b64, Base64Stream):
+            object.__setattr__(self, "b64", self.b64.text())
+
     def bytes(self) -> bytes:
         if self.data is None:
+            self._settle_stream()
             object.__setattr__(self, "data", base64.b64decode(self.b64))  # type: ignore[arg-type]
         return self.data  # type: ignore[return-value]
 
     def base64(self) -> str:
+        self._settle_stream()
         if self.b64 is None:
             object.__setattr__(self, "b64", base64.b64encode(self.data).decode("ascii"))  # type: ignore[arg-type]
         elif not isinstance(self.b64, str):
@@ -94,6 +170,7 @@ class ImageDone:
     def base64_ascii(self) -> bytes | memoryview:
         """The base64 as ASCII bytes (the alphabet only), without copying what an upstream sent. Not for text
         that came from a JSON parser: that is what ``base64()`` is for."""
+        self._settle_stream()
         if self.b64 is None:
             object.__setattr__(self, "b64", base64.b64encode(self.data))  # type: ignore[arg-type]
         if isinstance(self.b64, str):

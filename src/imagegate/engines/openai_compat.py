@@ -15,6 +15,7 @@ import orjson
 
 from imagegate.catalog.tokens import Usage
 from imagegate.config import ChannelConfig
+from imagegate.engines.answer_scan import AnswerScanner
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
 from imagegate.engines.upstream import (
     Attempt,
@@ -23,8 +24,6 @@ from imagegate.engines.upstream import (
     UpstreamSession,
     conform,
     decode_b64_image,
-    loads_images_json,
-    read_body,
     sse_data,
     stream_error,
     strip_data_url,
@@ -113,12 +112,8 @@ class OpenAICompatEngine(RelayEngine):
                 async for event in self._read_stream(job, response):
                     yield event
                 return
-            try:
-                body = await read_body(response, self.channel.max_download_bytes)
-            except ValueError as exc:
-                raise self._malformed(str(exc)) from None
-        async for event in self._read_json(job, body):
-            yield event
+            async for event in self._read_answer(job, response):
+                yield event
 
     def _malformed(self, what: str) -> UpstreamError:
         # A 200 with a body we cannot read: the upstream did the work (and billed it), so no retry.
@@ -126,6 +121,58 @@ class OpenAICompatEngine(RelayEngine):
             f"The upstream '{self.channel.name}' returned a malformed answer: {what}.",
             status=502, code="upstream_bad_response", failure_policy=self.channel.failure_policy,
         )
+
+    async def _read_answer(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+        """The JSON answer, read as it arrives. When the client takes it so (and the channel allows), an image whose
+        header shows what the client asked for is handed on at once, its base64 still streaming in; the rest
+        (another format, a url, the usage) waits for the whole body."""
+        scanner = AnswerScanner(max_bytes=self.channel.max_download_bytes, head_chars=_HEAD_CHARS)
+        hand_over = job.b64_as_it_arrives and self.channel.stream_through
+        handed = 0
+        try:
+            try:
+                async for chunk in response.content.iter_any():
+                    scanner.feed(chunk)
+                    while hand_over and handed < min(job.n, len(scanner.images)) and scanner.images[handed].head_ready:
+                        done = self._arriving(job, handed, scanner.images[handed])
+                        if done is None:
+                            hand_over = False  # this one waits for the end; so do those after it, to stay in order
+                            break
+                        yield done
+                        handed += 1
+                payload = scanner.finish(handed)
+                items = payload["data"]
+                if not isinstance(items, list) or not items:
+                    raise ValueError("no images in 'data'")
+            except ValueError as exc:
+                raise self._malformed(str(exc)) from None
+            for index, item in enumerate(items[: job.n]):
+                if index < handed:
+                    continue
+                try:
+                    done = await self._image(job, index, item)
+                except (ValueError, aiohttp.ClientError, OSError) as exc:
+                    raise self._malformed(f"image {index}: {exc}") from None
+                yield done
+            yield JobDone(usage_from(payload.get("usage"), job, min(len(items), job.n)))
+        except BaseException as exc:
+            # Whoever forwards an image still arriving must stop, and not end its answer as if it were whole.
+            scanner.abort(exc if isinstance(exc, UpstreamError) else self._malformed("the answer was cut off"))
+            raise
+
+    @staticmethod
+    def _arriving(job: Job, index: int, image) -> ImageDone | None:
+        """The image as a stream, if its header shows the format the client asked for and its size."""
+        try:
+            head = decode_b64_image(bytes(image.head[: len(image.head) // 4 * 4]))
+        except ValueError:
+            return None  # left to the whole-answer path, which says what is wrong with it
+        if sniff_format(head) != job.output_format:
+            return None
+        size = header_size(head)
+        if size is None:
+            return None
+        return ImageDone(index, None, job.output_format, size, None, b64=image.stream)
 
     async def _image(self, job: Job, index: int, item: dict[str, Any]) -> ImageDone:
         revised = item.get("revised_prompt")
@@ -147,23 +194,6 @@ class OpenAICompatEngine(RelayEngine):
         else:
             raise ValueError("an image has neither b64_json nor url")
         return ImageDone(index, data, fmt, size, revised)
-
-    async def _read_json(self, job: Job, body: bytes) -> AsyncIterator[Event]:
-        try:
-            payload = loads_images_json(body)
-            items = payload["data"]
-            if not isinstance(items, list) or not items:
-                raise ValueError("no images in 'data'")
-        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise self._malformed(str(exc)) from None
-        for index, item in enumerate(items[: job.n]):
-            try:
-                done = await self._image(job, index, item)
-            except (ValueError, aiohttp.ClientError, OSError) as exc:
-                raise self._malformed(f"image {index}: {exc}") from None
-            yield done
-        delivered = min(len(items), job.n)
-        yield JobDone(usage_from(payload.get("usage"), job, delivered))
 
     async def _read_stream(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         index = 0

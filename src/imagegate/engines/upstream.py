@@ -13,7 +13,6 @@ import contextlib
 import binascii
 import email.utils
 import json
-import secrets
 import ssl
 import time
 import urllib.request
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import numpy as np
 import orjson
 from multidict import CIMultiDictProxy
 
@@ -388,65 +386,6 @@ def conform(data: bytes, fmt: str, compression: int, transparent: bool) -> tuple
     if upload.format == fmt:
         return data, fmt, upload.size
     return imaging.encode(upload.image, fmt, compression=compression, transparent=transparent), fmt, upload.size
-
-
-_B64_KEY = b'"b64_json":'
-# Placeholders carry this process's random tag: a value in an upstream's body cannot pass for one.
-_PLACEHOLDER_TAG = secrets.token_hex(8)
-
-
-def loads_images_json(body: bytes) -> Any:
-    """Parse an images answer with its base64 strings lifted out first.
-
-    The image strings are nearly all of the bytes, and a JSON parser validates and copies every one of them.
-    Base64 has no quotes or backslashes, so each value ends at the next quote and is taken as a view into
-    ``body`` (no copy: the response is spliced from it); the small remainder goes to the real parser. Anything
-    unusual (escapes, non-string values, a key outside ``data[]``) falls back to parsing the whole body.
-    """
-    lifted: list[memoryview] = []
-    pieces: list[bytes] = []
-    view = memoryview(body)
-    tag = _PLACEHOLDER_TAG
-    pos = 0
-    while (found := body.find(_B64_KEY, pos)) >= 0:
-        start = found + len(_B64_KEY)
-        while start < len(body) and body[start] in b" \t\r\n":
-            start += 1
-        if start >= len(body) or body[start] != 0x22:
-            return orjson.loads(body)
-        end = body.find(b'"', start + 1)
-        if end < 0:
-            raise orjson.JSONDecodeError("unterminated b64_json string", body.decode("utf-8", "replace")[:64], start)
-        if body.find(b"\\", start + 1, end) >= 0:
-            return orjson.loads(body)
-        _check_plain_ascii(body, start + 1, end)
-        pieces.append(body[pos:start])
-        pieces.append(b'"\\u0000%s%d"' % (tag.encode(), len(lifted)))
-        lifted.append(view[start + 1:end])
-        pos = end + 1
-    if not lifted:
-        return orjson.loads(body)
-    pieces.append(body[pos:])
-    doc = orjson.loads(b"".join(pieces))
-    restored = 0
-    items = doc.get("data") if isinstance(doc, dict) else None
-    for item in items if isinstance(items, list) else ():
-        placeholder = item.get("b64_json") if isinstance(item, dict) else None
-        if isinstance(placeholder, str) and placeholder.startswith("\x00" + tag):
-            item["b64_json"] = lifted[int(placeholder[1 + len(tag):])]
-            restored += 1
-    if restored != len(lifted):
-        return orjson.loads(body)
-    return doc
-
-
-def _check_plain_ascii(body: bytes, start: int, end: int) -> None:
-    """A lifted string goes into our own answer as it is, so it must be a valid JSON string on its own: printable
-    ASCII (quotes and backslashes are excluded already). One vectorised pass, not a per-character loop."""
-    if end > start:
-        octets = np.frombuffer(body, np.uint8, count=end - start, offset=start)
-        if octets.min() < 0x20 or octets.max() > 0x7E:
-            raise ValueError("b64_json holds characters that base64 never has")
 
 
 async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:

@@ -1,0 +1,241 @@
+"""Reading an upstream's images answer while it arrives.
+
+An images answer is a few hundred bytes of JSON around megabytes of base64 (``data[i].b64_json``). The scanner
+takes the body chunk by chunk: the small skeleton is kept, to be parsed once the body has ended (usage, urls,
+revised prompts); each ``b64_json`` string goes into a :class:`Base64Stream` as it comes, so a relay can forward
+an image before its last byte has arrived, and never holds a second copy of it.
+
+The base64 is checked as it passes, with the same rule as the buffered path: it must be a valid JSON string's
+content on its own (printable ASCII, no quote, no backslash), because it is spliced into our answer unparsed.
+Relays that escape ``/`` as ``\\/`` (PHP's default) are unescaped; a data-URL prefix is dropped.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import numpy as np
+import orjson
+
+from imagegate.engines.base import Base64Stream
+
+_WS = b" \t\r\n"
+_KEY = b"b64_json"
+_MAX_SKELETON = 1 << 20  # everything but the base64: a larger remainder is not an images answer
+_MAX_DATA_URL_PREFIX = 512
+# Placeholders carry this process's random tag: a value in an upstream's body cannot pass for one.
+_TAG = secrets.token_hex(8)
+
+# Where the skeleton's tokenizer is.
+_OUT, _STRING, _ESCAPE, _AFTER_KEY, _AFTER_COLON, _BASE64 = range(6)
+
+
+class ArrivingImage:
+    """One ``b64_json`` string: its stream, and the first characters kept apart for reading the image header."""
+
+    def __init__(self, head_chars: int) -> None:
+        self.stream = Base64Stream()
+        self.head = bytearray()
+        self.head_chars = head_chars
+        self._lead: bytearray | None = bytearray()  # the first bytes, until a data-URL prefix is ruled out
+
+    @property
+    def head_ready(self) -> bool:
+        """Enough of the image has arrived to read its header (or all of it has)."""
+        return self.stream.complete or len(self.head) >= self.head_chars
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        if self._lead is not None:
+            held = len(self._lead)
+            probe = bytes(self._lead) + bytes(piece[:_MAX_DATA_URL_PREFIX])  # never the whole piece: it may be MBs
+            if probe.startswith(b"data:") or (len(probe) < 5 and b"data:".startswith(probe)):
+                comma = probe.find(b",")
+                if comma < 0:
+                    if len(probe) > _MAX_DATA_URL_PREFIX:
+                        raise ValueError("b64_json starts like a data URL that never ends")
+                    self._lead += piece
+                    return
+                piece = memoryview(piece)[comma + 1 - held:]  # the held bytes hold no comma: it is in this piece
+            elif held:
+                piece = bytes(self._lead) + bytes(piece)  # a first piece of under five bytes: rare, and small
+            self._lead = None
+        if len(self.head) < self.head_chars:
+            self.head += piece[: self.head_chars - len(self.head)]
+        self.stream.append(piece)
+
+    def close(self) -> None:
+        if self._lead is not None:  # shorter than a data-URL prefix: it is what it is
+            lead, self._lead = bytes(self._lead), None
+            if lead.startswith(b"data:"):
+                raise ValueError("b64_json is a data URL without data")
+            self.head += lead
+            self.stream.append(lead)
+        self.stream.close()
+
+
+class AnswerScanner:
+    """Feed it the body's chunks in order, then call :meth:`finish`; :meth:`abort` if the body cannot end well."""
+
+    def __init__(self, *, max_bytes: int, head_chars: int = 8192) -> None:
+        self.max_bytes = max_bytes
+        self.head_chars = head_chars
+        self.images: list[ArrivingImage] = []
+        self.total = 0
+        self._skeleton: list[bytes] = []
+        self._skeleton_size = 0
+        self._state = _OUT
+        self._key = bytearray()  # the string being read, while it may still be the key "b64_json"
+        self._key_possible = False
+
+    # -- feeding -----------------------------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.total > self.max_bytes:
+            raise ValueError(f"the upstream's answer is larger than {self.max_bytes:,} bytes")
+        pos, end = 0, len(chunk)
+        while pos < end:
+            if self._state == _BASE64:
+                pos = self._base64(chunk, pos)
+            else:
+                pos = self._structure(chunk, pos)
+
+    def _keep(self, piece: bytes) -> None:
+        self._skeleton_size += len(piece)
+        if self._skeleton_size > _MAX_SKELETON:
+            raise ValueError("the answer's JSON outside its images is too large")
+        self._skeleton.append(piece)
+
+    def _structure(self, chunk: bytes, pos: int) -> int:
+        """Walk the skeleton until a ``b64_json`` string opens or the chunk ends; returns where it stopped."""
+        start = pos
+        end = len(chunk)
+        while pos < end:
+            state = self._state
+            if state == _OUT or (state == _STRING and not self._key_possible):
+                # Skip to the next byte that matters (a quote; in a string also a backslash) at C speed: the
+                # skeleton may hold long strings (prompts), and it is walked byte by byte only near keys.
+                quote = chunk.find(b'"', pos)
+                if state == _STRING:
+                    backslash = chunk.find(b"\\", pos, quote if quote >= 0 else end)
+                    if backslash >= 0:
+                        quote = backslash
+                if quote < 0:
+                    break
+                pos = quote
+            byte = chunk[pos]
+            if state == _STRING:
+                if byte == 0x5C:  # backslash: whatever follows is part of the string, and no plain key
+                    self._state = _ESCAPE
+                    self._key_possible = False
+                elif byte == 0x22:
+                    self._state = _AFTER_KEY if self._key_possible and self._key == _KEY else _OUT
+                elif self._key_possible:
+                    self._key.append(byte)
+                    if len(self._key) > len(_KEY):
+                        self._key_possible = False
+            elif state == _ESCAPE:
+                self._state = _STRING
+            elif state == _AFTER_KEY:
+                if byte == 0x3A:
+                    self._state = _AFTER_COLON
+                elif byte not in _WS:
+                    self._state = _OUT
+                    continue  # the same byte, read again outside
+            elif state == _AFTER_COLON:
+                if byte == 0x22:  # the image's string opens: the skeleton gets a placeholder instead
+                    self._keep(chunk[start:pos])
+                    self._keep(b'"\\u0000%s%d"' % (_TAG.encode(), len(self.images)))
+                    self.images.append(ArrivingImage(self.head_chars))
+                    self._state = _BASE64
+                    return pos + 1
+                if byte not in _WS:
+                    self._state = _OUT
+                    continue
+            elif byte == 0x22:  # _OUT: a string opens
+                self._state = _STRING
+                self._key.clear()
+                self._key_possible = True
+            pos += 1
+        self._keep(chunk[start:end])
+        return end
+
+    def _base64(self, chunk: bytes, pos: int) -> int:
+        """Take base64 until the string's closing quote or the chunk's end; returns where it stopped."""
+        image = self.images[-1]
+        end = len(chunk)
+        if self._escape_pending:
+            self._escape_pending = False
+            pos = self._unescape(image, chunk, pos)
+        while pos < end:
+            quote = chunk.find(b'"', pos)
+            stop = quote if quote >= 0 else end
+            backslash = chunk.find(b"\\", pos, stop)
+            if backslash >= 0:
+                stop = backslash
+            if stop > pos:
+                piece = chunk if (pos == 0 and stop == end) else memoryview(chunk)[pos:stop]
+                _check_printable(piece)
+                image.feed(piece)
+            if stop == end:
+                return end
+            if stop == quote:
+                image.close()
+                self._state = _OUT
+                return quote + 1
+            if backslash + 1 >= end:
+                self._escape_pending = True
+                return end
+            pos = self._unescape(image, chunk, backslash + 1)
+        return end
+
+    _escape_pending = False
+
+    @staticmethod
+    def _unescape(image: ArrivingImage, chunk: bytes, pos: int) -> int:
+        """The character after a backslash: ``\\/`` is ``/``; escaped line breaks (MIME-style base64) go."""
+        escaped = chunk[pos]
+        if escaped == 0x2F:
+            image.feed(b"/")
+        elif escaped not in (0x6E, 0x72):  # n, r
+            raise ValueError("b64_json holds an escape that base64 never needs")
+        return pos + 1
+
+    # -- ending ------------------------------------------------------------------------------------------------
+
+    def finish(self, handed_over: int = 0) -> dict[str, Any]:
+        """The answer parsed, each ``data[i].b64_json`` restored as its base64 (bytes), except the first
+        ``handed_over`` images (already forwarded as streams: None). Raises ValueError when the body is no images
+        answer, or when its images are not the strings that were streamed, in order."""
+        if self._state == _BASE64 or self._escape_pending:
+            raise ValueError("the answer ends inside an image")
+        try:
+            doc = orjson.loads(b"".join(self._skeleton))
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"the answer is not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ValueError("the answer is not a JSON object")
+        items = doc.get("data")
+        restored = 0
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            value = item.get("b64_json") if isinstance(item, dict) else None
+            if isinstance(value, str) and value.startswith("\x00" + _TAG):
+                if value != f"\x00{_TAG}{restored}" or index != restored:
+                    raise ValueError("the answer's images are not where its b64_json strings were")
+                item["b64_json"] = self.images[restored].stream.text() if index >= handed_over else None
+                restored += 1
+        if restored != len(self.images):
+            raise ValueError("the answer has b64_json strings outside 'data'")
+        return doc
+
+    def abort(self, error: BaseException) -> None:
+        """The body will not end well: whoever reads an image still arriving hears ``error``."""
+        for image in self.images:
+            image.stream.fail(error)
+
+
+def _check_printable(piece: bytes | memoryview) -> None:
+    octets = np.frombuffer(piece, np.uint8)
+    if octets.min() < 0x20 or octets.max() > 0x7E:
+        raise ValueError("b64_json holds characters that base64 never has")
