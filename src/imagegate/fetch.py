@@ -2,7 +2,9 @@
 
 The URL is the client's, the request is ours: without care it is a server-side request forgery. Only http(s),
 only public addresses (unless the operator allows private ones), a time limit and a size limit enforced while
-streaming, not after.
+streaming, not after. The address check is made by the resolver the connection itself uses
+(:class:`PublicResolver`), so a name that answers a public address to a first lookup and a private one to the
+next (DNS rebinding) cannot slip in between.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import urllib.request
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from imagegate.errors import InvalidRequest
 
@@ -38,9 +43,42 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+class PublicResolver(AbstractResolver):
+    """The system's resolver, refusing a name with any address that is not public. A connector using it connects
+    to exactly the addresses it checked (with its DNS cache off, it checks every time)."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        found = await self._inner.resolve(host, port, family)
+        if not found or not all(is_public_address(entry["host"]) for entry in found):
+            raise OSError(f"'{host}' resolves to a private or loopback address")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def public_connector(**options: Any) -> aiohttp.TCPConnector:
+    """A connector that only ever connects to public addresses. Addresses written in the URL are not resolved,
+    so check those first (:func:`public_host`)."""
+    return aiohttp.TCPConnector(resolver=PublicResolver(), use_dns_cache=False, **options)
+
+
+def env_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
+    """The proxy from HTTP(S)_PROXY / NO_PROXY (``urllib.request.getproxies()``) for ``url``. Through a proxy the
+    proxy resolves the name: only the check before the request applies then."""
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
 async def public_host(url: str) -> bool:
-    """Whether every address the URL's host resolves to is public. The addresses are resolved again when
-    connecting, so a name that changes its answer in between (DNS rebinding) is not caught here."""
+    """Whether every address the URL's host resolves to is public (a first, early answer; the connection's own
+    resolver checks again, see :class:`PublicResolver`)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
@@ -66,16 +104,18 @@ async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float,
             f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
             param=param,
         )
+    proxy = env_proxy(url, urllib.request.getproxies())
+    connector = aiohttp.TCPConnector() if allow_private or proxy else public_connector()
     try:
-        # timeout_s bounds the whole fetch: httpx's own timeouts are per read, which a trickling server evades.
-        async with asyncio.timeout(timeout_s), httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
+        # timeout_s bounds the whole fetch: per-read timeouts are what a trickling server evades.
+        async with asyncio.timeout(timeout_s), aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(url, allow_redirects=False, proxy=proxy) as response:
+                if response.status != 200:
                     raise InvalidRequest(
-                        f"Fetching the image URL in '{param}' failed with HTTP {response.status_code}.", param=param
+                        f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
                     )
                 chunks, total = [], 0
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.content.iter_any():
                     total += len(chunk)
                     if total > max_bytes:
                         raise InvalidRequest(
@@ -83,5 +123,10 @@ async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float,
                         )
                     chunks.append(chunk)
                 return b"".join(chunks)
-    except (httpx.HTTPError, TimeoutError) as exc:
+    except aiohttp.ClientConnectorDNSError:
+        raise InvalidRequest(
+            f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
+            param=param,
+        ) from None
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise InvalidRequest(f"Fetching the image URL in '{param}' failed: {type(exc).__name__}.", param=param) from None

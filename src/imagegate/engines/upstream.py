@@ -30,7 +30,7 @@ from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
 from imagegate.errors import EngineTimeout, UpstreamError
-from imagegate.fetch import public_host
+from imagegate.fetch import env_proxy, public_connector, public_host
 
 if TYPE_CHECKING:
     from imagegate.config import ChannelConfig
@@ -49,36 +49,46 @@ class UpstreamSession:
     def __init__(self, *, connect_timeout: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._public: aiohttp.ClientSession | None = None
         self._proxies: dict[str, str] | None = None
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=_tls_context()),
-                # A whole-answer deadline is the channel's (see with_deadline), not the session's.
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
-                read_bufsize=_READ_BUFFER,
-                auto_decompress=True,
-                # Not trust_env: aiohttp would then also send ~/.netrc credentials to every host an upstream names.
-                # Proxies from the environment are applied per request instead (proxy_for).
-                trust_env=False,
-            )
+            self._session = self._new(
+                aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=_tls_context()))
         return self._session
+
+    def public(self) -> aiohttp.ClientSession:
+        """A session that connects to public addresses only, checked by the resolver it connects with: for links
+        an upstream names on other hosts than its own."""
+        if self._public is None or self._public.closed:
+            self._public = self._new(public_connector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS,
+                                                      ssl=_tls_context()))
+        return self._public
+
+    def _new(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            # A whole-answer deadline is the channel's (see with_deadline), not the session's.
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
+            read_bufsize=_READ_BUFFER,
+            auto_decompress=True,
+            # Not trust_env: aiohttp would then also send ~/.netrc credentials to every host an upstream names.
+            # Proxies from the environment are applied per request instead (proxy_for).
+            trust_env=False,
+        )
 
     def proxy_for(self, url: str) -> str | None:
         """The proxy from HTTP(S)_PROXY / NO_PROXY for ``url``, as an HTTP client is expected to honour them."""
         if self._proxies is None:
             self._proxies = urllib.request.getproxies()
-        parts = urlsplit(url)
-        proxy = self._proxies.get(parts.scheme)
-        if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
-            return None
-        return proxy
+        return env_proxy(url, self._proxies)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._public):
+            if session is not None:
+                await session.close()
+        self._session = self._public = None
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -329,9 +339,12 @@ async def download(
     host the operator configured (the channel's own); redirects are followed by hand to check each one."""
     for _ in range(max_redirects + 1):
         host = urlsplit(url).hostname or ""
-        if host not in trusted_hosts and not await public_host(url):
+        trusted = host in trusted_hosts
+        if not trusted and not await public_host(url):
             raise ValueError(f"refusing to download from {host or url!r}: not a public address")
-        async with session.get().get(url, allow_redirects=False, proxy=session.proxy_for(url)) as response:
+        proxy = session.proxy_for(url)
+        client = session.get() if trusted or proxy else session.public()
+        async with client.get(url, allow_redirects=False, proxy=proxy) as response:
             if response.status in _REDIRECTS and "location" in response.headers:
                 url = urljoin(url, response.headers["location"])
                 continue
