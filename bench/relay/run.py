@@ -155,8 +155,9 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="measure every contender this many times; medians")
     parser.add_argument("--only", nargs="*", default=["nginx", "imagegate", "litellm"],
-                        choices=["nginx", "imagegate", "litellm", "floor", "floor-buffered"],
-                        help="contenders; floor and floor-buffered are the bare Python relays of floor.py")
+                        choices=["nginx", "imagegate", "imagegate-buffered", "litellm", "floor", "floor-buffered"],
+                        help="contenders; imagegate-buffered is imagegate with stream_through off; floor and "
+                             "floor-buffered are the bare Python relays of floor.py")
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where the raw numbers go")
     parser.add_argument("--database-url", default="",
                         help="imagegate's ledger database (default: SQLite in its data dir)")
@@ -210,9 +211,12 @@ def main() -> int:
             procs.append(proc)
             targets["nginx"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
 
-        if "imagegate" in args.only:
+        for name, stream_through in (("imagegate", "true"), ("imagegate-buffered", "false")):
+            if name not in args.only:
+                continue
+            # imagegate-buffered: the same server with the channel's stream_through off (whole answer read first).
             port = free_port()
-            config = workdir / "imagegate.toml"
+            config = workdir / f"{name}.toml"
             config.write_text(f"""
 api_keys = ["{KEY}"]
 log_level = "warning"
@@ -223,24 +227,25 @@ base_url = "{upstream}"
 api_key = "upstream-key"
 models = ["gpt-image-1"]
 concurrency = 64
+stream_through = {stream_through}
 """)
             exe = Path(sys.executable).parent / "imagegate"
-            data = ["--data-dir", str(workdir / "ig-data")]
+            data = ["--data-dir", str(workdir / f"{name}-data")]
             if args.database_url:
                 data += ["--database-url", args.database_url]
             if args.metered:
-                # Billing on: a metered account whose every request is held and settled in the ledger (SQLite).
-                subprocess.run([str(exe), "accounts", "create", "bench", "--balance", "1000000", *data], check=True,
-                               stdout=subprocess.DEVNULL)
-                made = subprocess.run([str(exe), "keys", "create", "--account", "bench", *data], check=True,
+                # Billing on: a metered account whose every request is held and settled in the ledger.
+                subprocess.run([str(exe), "accounts", "create", f"bench-{name}", "--balance", "1000000", *data],
+                               check=True, stdout=subprocess.DEVNULL)
+                made = subprocess.run([str(exe), "keys", "create", "--account", f"bench-{name}", *data], check=True,
                                       capture_output=True, text=True)
-                keys["imagegate"] = made.stdout.strip().splitlines()[-1]
+                keys[name] = made.stdout.strip().splitlines()[-1]
             env = {**os.environ, "IMAGEGATE_DATABASE_URL": args.database_url} if args.database_url else None
-            proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--data-dir", str(workdir / "ig-data"),
+            proc = subprocess.Popen([str(exe), "serve", "--port", str(port), *data[:2],
                                      "--config", str(config), "--workers", str(args.workers)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             procs.append(proc)
-            targets["imagegate"] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
+            targets[name] = (f"http://127.0.0.1:{port}/v1/images/generations", proc)
 
         for name, mode in (("floor", "stream"), ("floor-buffered", "buffered")):
             if name in args.only:
@@ -320,7 +325,7 @@ litellm_settings:
                       f"p50 x{theirs['p50_ms_1'] / results['nginx']['p50_ms_1']:.2f}")
     if "imagegate" in results:
         mine = results["imagegate"]
-        for other in ("litellm", "floor", "floor-buffered"):
+        for other in ("litellm", "floor", "floor-buffered", "imagegate-buffered"):
             if other in results:
                 theirs = results[other]
                 print(f"imagegate / {other}: req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, "

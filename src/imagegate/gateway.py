@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping
 
 from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
@@ -87,6 +87,8 @@ class Run:
         self._queue: asyncio.Queue = asyncio.Queue()
         self.abandoned = False
         self.task: asyncio.Task | None = None
+        self.error: ImagegateError | None = None  # how the run ended, once it has
+        self._keep_late: Callable[[Run], None] | None = None  # stores the images of a run left after it ended
 
     def _emit(self, item: object) -> None:
         self._queue.put_nowait(item)
@@ -106,8 +108,13 @@ class Run:
         return self.result
 
     def abandon(self) -> None:
-        """The client went away: finish anyway and keep the images."""
+        """The client went away: finish anyway and keep the images (also when it left while the answer was still
+        being written after the run had ended)."""
+        if self.abandoned:
+            return
         self.abandoned = True
+        if self.task is not None and self.task.done() and self._keep_late is not None:
+            self._keep_late(self)
 
 
 class Gateway:
@@ -194,12 +201,28 @@ class Gateway:
         if engine is None:
             raise ServerError(f"No engine '{request.job.model.engine}' is configured for model '{request.job.model.id}'.")
         run = Run(request, ticket)
+        run._keep_late = self._keep_late
         store_images = request.response_format == "url" if store is None else store
-        task = asyncio.create_task(self._drive(run, engine, store_images), name=f"run-{request.job.request_id}")
-        run.task = task
+        run.task = self._track(
+            asyncio.create_task(self._drive(run, engine, store_images), name=f"run-{request.job.request_id}"))
+        return run
+
+    def _track(self, task: asyncio.Task) -> asyncio.Task:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return run
+        return task
+
+    def _keep_late(self, run: Run) -> None:
+        """A client left after its run ended, while its answer was still being written: the images it was
+        charged for are stored, as for a client that left earlier."""
+        if run.error is None and any(d.stored is None for d in run.result.images):
+            self._track(asyncio.create_task(self._store_all(run), name=f"keep-{run.request.job.request_id}"))
+
+    async def _store_all(self, run: Run) -> None:
+        for delivered in run.result.images:
+            if delivered.stored is None:
+                delivered.stored = await self.storage.put(delivered.data, delivered.format)
+                run._emit(Stored(delivered.index, delivered.stored))
 
     async def _drive(self, run: Run, engine: Engine, store_images: bool) -> None:
         job = run.request.job
@@ -228,10 +251,7 @@ class Gateway:
                 limiter.release()
             if store_images or run.abandoned:
                 # Images handed over while still arriving, or produced before the client left, are stored now.
-                for delivered in run.result.images:
-                    if delivered.stored is None:
-                        delivered.stored = await self.storage.put(delivered.data, delivered.format)
-                        run._emit(Stored(delivered.index, delivered.stored))
+                await self._store_all(run)
             if run.abandoned:
                 log.info(
                     "request %s finished after the client left; %d image(s) stored",
@@ -249,6 +269,7 @@ class Gateway:
             error = EngineError(f"The engine failed: {type(exc).__name__}.")
         finally:
             run.result.finished = time.monotonic()
+            run.error = error
             # Settle here, in the run's own task, before the consumer hears the end: exactly once, whether the
             # client is still there, streamed, or left.
             if self.billing is not None and run.ticket is not None:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from tests.billing.live import assert_books_balance, client, metered_server, new_account, quote, settled
 from tests.fault_upstream import Reply
+from tests.imaging_helpers import png_bytes
 from tests.openapi import validate
 
 BODY = {"model": "gpt-image-1", "prompt": "a stream", "size": "1024x1024", "quality": "low"}
@@ -39,6 +40,7 @@ def _image() -> bytes:
 
 IMAGE = _image()
 B64 = base64.b64encode(IMAGE)
+SMALL = png_bytes(1024, 1024, (200, 10, 10, 255))  # a flat picture: a few KB
 
 
 def _answer(b64: bytes = B64) -> tuple[bytes, int]:
@@ -93,6 +95,29 @@ def test_several_images_follow_each_other_in_one_answer(faults, tmp_path):
         books = settled(live, "acme")
         assert_books_balance(books)
         assert books["settle"] == 2 * 11_000 + 2 * 5
+
+
+def test_an_image_whole_before_the_answer_began_is_not_left_out(faults, tmp_path):
+    # The first image is small (whole in the first read); the second is still arriving when the answer begins.
+    small = base64.b64encode(SMALL)
+    head = b'{"created": 1, "data": [{"b64_json": "' + small + b'"}, {"b64_json": "'
+    body = head + B64 + b'"}], "usage": ' + json.dumps(USAGE).encode() + b"}"
+    faults.default = Reply(200, body, pause_at=len(head) + 20_000, pause_s=0.4)
+    with metered_server("sqlite", tmp_path, channels=(_channel(faults),)) as live:
+        key = new_account(live, "acme", "1")
+        raw = client(live, key).images.with_raw_response.generate(**BODY, n=2)
+        assert "x-imagegate-quote" in raw.headers
+        assert [base64.b64decode(item.b64_json) for item in raw.parse().data] == [SMALL, IMAGE]
+
+
+def test_a_200_without_images_is_a_bad_upstream_answer(faults, tmp_path):
+    faults.default = Reply(200, b'{"error": {"message": "quota", "type": "insufficient_quota"}}')
+    with metered_server("sqlite", tmp_path, channels=(_channel(faults),)) as live:
+        key = new_account(live, "acme", "1")
+        with pytest.raises(openai.APIStatusError) as refused:
+            client(live, key).images.generate(**BODY)
+        assert refused.value.status_code == 502 and refused.value.code == "upstream_bad_response"
+        assert settled(live, "acme")["settle"] == 0
 
 
 def test_data_url_prefix_and_escaped_slashes_are_cleaned_in_flight(faults, tmp_path):

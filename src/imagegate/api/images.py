@@ -111,12 +111,16 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
     events = run.events()
+    images: list[ImageDone] = []
     try:
         async for event in events:
-            if isinstance(event, ImageDone) and event.arriving:
-                # Answer now and forward the image as it arrives; the cost is not known before the end, so the
-                # headers carry the quote, as a stream's do.
-                return ArrivingResponse(_arriving_body(run, event, events), headers=stream_headers(run))
+            if isinstance(event, ImageDone):
+                images.append(event)
+                if event.arriving:
+                    # Answer now and forward the image as it arrives; the cost is not known before the end, so
+                    # the headers carry the quote, as a stream's do.
+                    return ArrivingResponse(_arriving_body(run, images, events), headers=stream_headers(run),
+                                            on_abandon=run.abandon)
     except BaseException:
         run.abandon()
         raise
@@ -124,18 +128,22 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     return FastJSONResponse(body, headers=cost_headers(run))
 
 
-async def _arriving_body(run: Run, first: ImageDone, events: AsyncIterator) -> AsyncIterator[Any]:
-    """An images response written while its images arrive: the same document ``images_response`` makes.
+async def _arriving_body(run: Run, images: list[ImageDone], events: AsyncIterator) -> AsyncIterator[Any]:
+    """An images response written while its images arrive (``images``: those handed over so far, the last one
+    still arriving; the rest follow in ``events``): the same document ``images_response`` makes.
 
     Should the upstream fail after this began, the response is cut off rather than ended: the client sees a broken
-    answer (the SDK retries it), never a whole-looking one, and nothing is charged.
+    answer (the SDK retries it), never a whole-looking one, and it is not charged (unless the channel's failure
+    policy is ``charge``).
     """
     image_request = run.request
+    pending = list(images)
     try:
         yield b'{"created":%d,"data":[' % int(time.time())
-        image: ImageDone | None = first
-        while image is not None:
-            yield b'{"b64_json":"' if image is first else b',{"b64_json":"'
+        written = 0
+        while pending:
+            image = pending.pop(0)
+            yield b',{"b64_json":"' if written else b'{"b64_json":"'
             if isinstance(image.b64, Base64Stream):
                 async for piece in image.b64.pieces():
                     yield piece
@@ -143,11 +151,12 @@ async def _arriving_body(run: Run, first: ImageDone, events: AsyncIterator) -> A
                 yield image.base64_ascii()
             extra = item_extras(image_request, image)
             yield b'"' + (b"," + orjson.dumps(extra)[1:] if extra else b"}")
-            image = None
-            async for event in events:
-                if isinstance(event, ImageDone):
-                    image = event
-                    break
+            written += 1
+            if not pending:
+                async for event in events:
+                    if isinstance(event, ImageDone):
+                        pending.append(event)
+                        break
         # The run has ended (and is settled): what follows the images.
         tail = images_tail(image_request, run.result)
         yield b"]," + orjson.dumps(tail)[1:] if tail else b"]}"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import ImageDone
@@ -181,9 +181,22 @@ class AnswerCutOff(Exception):
 
 class ArrivingResponse(StreamingResponse):
     """A JSON answer written while its images arrive. One cut off (:class:`AnswerCutOff`) is left unended, so the
-    server closes the connection: a client can never take half an answer for a whole one."""
+    server closes the connection: a client can never take half an answer for a whole one. An answer that ends
+    neither way (the client left: cancelled mid-send, or before the body began) calls ``on_abandon``."""
 
     media_type = "application/json"
+
+    def __init__(self, content: Any, *, headers: dict[str, str], on_abandon: Callable[[], None]) -> None:
+        super().__init__(content, headers=headers)
+        self.on_abandon = on_abandon
+        self._ended = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._ended:
+                self.on_abandon()
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -191,5 +204,7 @@ class ArrivingResponse(StreamingResponse):
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except AnswerCutOff:
+            self._ended = True
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._ended = True

@@ -204,10 +204,11 @@ class AnswerScanner:
 
     # -- ending ------------------------------------------------------------------------------------------------
 
-    def finish(self, handed_over: int = 0) -> dict[str, Any]:
+    def finish(self, handed_over: int = 0, wanted: int | None = None) -> dict[str, Any]:
         """The answer parsed, each ``data[i].b64_json`` restored as its base64 (bytes), except the first
-        ``handed_over`` images (already forwarded as streams: None). Raises ValueError when the body is no images
-        answer, or when its images are not the strings that were streamed, in order."""
+        ``handed_over`` images (already forwarded as streams) and those from ``wanted`` on (not asked for): None.
+        Raises ValueError when the body is no images answer, or when its images are not the strings that were
+        streamed, in order."""
         if self._state == _BASE64 or self._escape_pending:
             raise ValueError("the answer ends inside an image")
         try:
@@ -223,7 +224,8 @@ class AnswerScanner:
             if isinstance(value, str) and value.startswith("\x00" + _TAG):
                 if value != f"\x00{_TAG}{restored}" or index != restored:
                     raise ValueError("the answer's images are not where its b64_json strings were")
-                item["b64_json"] = self.images[restored].stream.text() if index >= handed_over else None
+                keep = handed_over <= index and (wanted is None or index < wanted)
+                item["b64_json"] = self.images[restored].stream.text() if keep else None
                 restored += 1
         if restored != len(self.images):
             raise ValueError("the answer has b64_json strings outside 'data'")

@@ -76,11 +76,16 @@ class Base64Stream:
         self._pieces: list[bytes | memoryview] = []
         self._done = False
         self._error: BaseException | None = None
-        self._changed: asyncio.Future | None = None
+        self._waiters: list[asyncio.Future] = []  # one per waiting reader: cancelling one cancels no other
+        self._readers = 0
 
     @property
     def complete(self) -> bool:
         return self._done
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
 
     def append(self, piece: bytes | memoryview) -> None:
         if piece:
@@ -97,24 +102,28 @@ class Base64Stream:
             self._wake()
 
     def _wake(self) -> None:
-        if self._changed is not None:
-            if not self._changed.done():
-                self._changed.set_result(None)
-            self._changed = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def pieces(self) -> AsyncIterator[bytes | memoryview]:
         index = 0
-        while True:
-            while index < len(self._pieces):
-                yield self._pieces[index]
-                index += 1
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return
-            if self._changed is None:
-                self._changed = asyncio.get_running_loop().create_future()
-            await self._changed
+        self._readers += 1
+        try:
+            while True:
+                while index < len(self._pieces):
+                    yield self._pieces[index]
+                    index += 1
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    return
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                await waiter
+        finally:
+            self._readers -= 1
 
     def text(self) -> bytes | memoryview:
         """The whole base64, once it has all arrived."""
@@ -124,7 +133,10 @@ class Base64Stream:
             raise RuntimeError("the image's base64 has not all arrived yet")
         if len(self._pieces) == 1:
             return self._pieces[0]  # a view into the upstream's read, not a copy of it
-        return b"".join(self._pieces)
+        joined = b"".join(self._pieces)
+        if not self._readers:  # keep one copy, not the joined one and every read the pieces point into
+            self._pieces = [joined]
+        return joined
 
 
 @dataclass(frozen=True)
@@ -147,7 +159,7 @@ class ImageDone:
     @property
     def arriving(self) -> bool:
         """Its base64 is still coming in: read it with ``b64.pieces()``."""
-        return isinstance(self.b64, Base64Stream) and not self.b64.complete
+        return isinstance(self.b64, Base64Stream) and not self.b64.complete and not self.b64.failed
 
     def _settle_stream(self) -> None:
         if isinstance(self.b64, Base64Stream):

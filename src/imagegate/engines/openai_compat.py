@@ -140,8 +140,8 @@ class OpenAICompatEngine(RelayEngine):
                             break
                         yield done
                         handed += 1
-                payload = scanner.finish(handed)
-                items = payload["data"]
+                payload = scanner.finish(handed, job.n)
+                items = payload.get("data")
                 if not isinstance(items, list) or not items:
                     raise ValueError("no images in 'data'")
             except ValueError as exc:

@@ -1,0 +1,64 @@
+"""A client that leaves after its run has ended, while its answer is still being written, keeps its images: the
+run was charged for them, so they are stored as for a client that left earlier."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import replace
+
+from imagegate.catalog import Size, load_catalog
+from imagegate.catalog.tokens import Usage
+from imagegate.engines.base import Base64Stream, ImageDone, JobDone
+from imagegate.gateway import Gateway
+from imagegate.storage import LocalStorage, UrlSigner
+from imagegate.validate import RawRequest, validate_request
+from tests.imaging_helpers import png_bytes
+
+IMAGE = png_bytes(1024, 1024, (10, 20, 30, 255))
+
+
+class HandsOverAStream:
+    """An engine that hands its image over while it arrives, as a relay does."""
+
+    name = "relay"
+    concurrency = 1
+
+    async def run(self, job):
+        stream = Base64Stream()
+        encoded = base64.b64encode(IMAGE)
+        stream.append(encoded[:100])
+        yield ImageDone(0, None, "png", Size(1024, 1024), None, b64=stream)
+        stream.append(encoded[100:])
+        stream.close()
+        yield JobDone(Usage(1, 0, 272))
+
+    async def aclose(self):
+        return None
+
+
+def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tmp_path):
+    async def main():
+        catalog = load_catalog()
+        request = await validate_request(
+            RawRequest("generate", {"model": "gpt-image-1", "prompt": "late", "size": "1024x1024"}), catalog,
+            max_input_pixels=10**8, max_image_bytes=10**8)
+        job = request.job
+        request = replace(request, job=replace(job, model=replace(job.model, engine="relay")))
+        storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
+        gateway = Gateway(engines={"relay": HandsOverAStream()}, storage=storage)
+        run = gateway.start(request)
+        result = await run.wait()  # the run ends: nothing stored, the answer is still being written
+        assert result.images[0].stored is None
+        run.abandon()  # now the client goes
+        for _ in range(100):
+            if result.images[0].stored is not None:
+                break
+            await asyncio.sleep(0.01)
+        stored = result.images[0].stored
+        assert stored is not None and (storage.root / stored.name).read_bytes() == IMAGE
+        run.abandon()  # once is enough
+        await gateway.aclose()
+        assert sorted(p.name for p in storage.root.iterdir()) == [stored.name]
+
+    asyncio.run(main())
