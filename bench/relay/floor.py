@@ -1,7 +1,7 @@
 """The Python floor: the least a Python relay can do, to measure what the language and its server stack cost.
 
 A bare ASGI app under uvicorn (uvloop, httptools: what imagegate runs on) with one aiohttp session to the
-upstream. It checks nothing: no key, no validation, no ledger, no parsing of the answer. ``stream`` copies the
+upstream, and imagegate's allocator setting and read size. It checks nothing: no key, no validation, no ledger, no parsing of the answer. ``stream`` copies the
 upstream's chunks to the client as they arrive, as nginx does; ``buffered`` reads the whole answer first, as any
 relay that inspects the answer before committing to a status must.
 
@@ -15,6 +15,8 @@ import os
 
 import aiohttp
 import uvicorn
+
+from imagegate.memory import keep_freed_buffers
 
 UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "")
 MODE = os.environ.get("FLOOR_MODE", "stream")
@@ -36,6 +38,8 @@ async def app(scope, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # The same allocator setting and read size as imagegate: what any Python relay can have.
+                keep_freed_buffers()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if _session is not None:
@@ -46,7 +50,7 @@ async def app(scope, receive, send) -> None:
         return
     body = await _read_request(receive)
     if _session is None:
-        _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), read_bufsize=1 << 20)
     async with _session.request(scope["method"], UPSTREAM + scope["path"], data=body,
                                 headers={"content-type": "application/json"}) as response:
         headers = [(b"content-type", response.headers.get("content-type", "application/json").encode())]

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.catalog.tokens import Usage
-from imagegate.db import Database
+from imagegate.db import Database, Prebuilt
 from imagegate.db.schema import Money, accounts, api_keys, holds, idempotency, instances, ledger, usage_log
 from imagegate.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
 
@@ -227,6 +227,13 @@ _CHARGE_KEY = (
 )
 _FINISH_USAGE = sa.update(usage_log).where(usage_log.c.id == sa.bindparam("usage_id"))
 _FINISH_RUNNING_USAGE = _FINISH_USAGE.where(usage_log.c.status == "running")  # never rewrite a row already closed
+# Every request's statements run straight through the sqlite3 cursor on SQLite (see db.Prebuilt).
+(_INSERT_USAGE, _INSERT_HOLD, _INSERT_LEDGER, _INSERT_CLAIM, _DROP_EXPIRED_CLAIM, _DROP_CLAIM, _STORE_RESULT,
+ _HOLD_ON_ACCOUNT, _HOLD_ON_KEY, _SETTLE_HOLD, _CHARGE_ACCOUNT, _CHARGE_KEY, _FINISH_USAGE,
+ _FINISH_RUNNING_USAGE) = map(
+    Prebuilt, (_INSERT_USAGE, _INSERT_HOLD, _INSERT_LEDGER, _INSERT_CLAIM, _DROP_EXPIRED_CLAIM, _DROP_CLAIM,
+               _STORE_RESULT, _HOLD_ON_ACCOUNT, _HOLD_ON_KEY, _SETTLE_HOLD, _CHARGE_ACCOUNT, _CHARGE_KEY,
+               _FINISH_USAGE, _FINISH_RUNNING_USAGE))
 
 
 class BillingStore:
@@ -430,7 +437,7 @@ class BillingStore:
         amount = meta.quote_micro
         if idem is not None:
             self._claim(conn, idem, meta.request_id, hold_id, now)
-        row = conn.execute(_HOLD_ON_ACCOUNT, {"account_id": meta.account_id, "amount": amount}).first()
+        row = _HOLD_ON_ACCOUNT(conn, {"account_id": meta.account_id, "amount": amount}).first()
         if row is None:
             raise InsufficientQuota(
                 "You exceeded your current quota: this request can cost up to "
@@ -438,19 +445,19 @@ class BillingStore:
                 "Top up the account or ask for fewer or smaller images.",
                 headers={"x-should-retry": "false"},
             )
-        if key_id is not None and conn.execute(_HOLD_ON_KEY, {"key_id": key_id, "amount": amount}).first() is None:
+        if key_id is not None and _HOLD_ON_KEY(conn, {"key_id": key_id, "amount": amount}).first() is None:
             raise InsufficientQuota(
                 "You exceeded your current quota: this API key's own spend limit does not cover a request "
                 f"that can cost up to ${amount / 1e6:.6f}.",
                 headers={"x-should-retry": "false"},
             )
         usage_id = self._open_usage(conn, meta, now)
-        conn.execute(_INSERT_HOLD, dict(
+        _INSERT_HOLD(conn, dict(
             id=hold_id, account_id=meta.account_id, key_id=key_id, usage_id=usage_id, request_id=meta.request_id,
             amount_micro=amount, status="open", instance_id=self.instance_id, created_at=now,
             expires_at=now + self.hold_ttl,
         ))
-        conn.execute(_INSERT_LEDGER, dict(
+        _INSERT_LEDGER(conn, dict(
             at=now, account_id=meta.account_id, key_id=key_id, kind="hold", amount_micro=amount,
             balance_after_micro=row.balance_micro, hold_id=hold_id, request_id=meta.request_id,
         ))
@@ -478,7 +485,7 @@ class BillingStore:
 
     def _open_usage(self, conn: Connection, meta: UsageMeta, now: float, status: str = "running",
                     error_code: str | None = None) -> int:
-        return conn.execute(_INSERT_USAGE, dict(
+        return _INSERT_USAGE(conn, dict(
             request_id=meta.request_id, created_at=now, account_id=meta.account_id, key_prefix=meta.key_prefix,
             metered=meta.metered, endpoint=meta.endpoint, model=meta.model, engine=meta.engine,
             operation=meta.operation, size=meta.size, quality=meta.quality, stream=meta.stream, n_asked=meta.n_asked,
@@ -521,7 +528,7 @@ class BillingStore:
     ) -> tuple[int, int | None]:
         charged, available, lost = cost_micro, None, False
         if hold_id is not None:
-            hold = conn.execute(_SETTLE_HOLD, {"hold_id": hold_id, "cost": cost_micro, "now": now}).first()
+            hold = _SETTLE_HOLD(conn, {"hold_id": hold_id, "cost": cost_micro, "now": now}).first()
             if hold is None:
                 # Closed already: by reconciliation (released, nothing more is charged), or by this very
                 # settlement - a retry after a COMMIT that went through but whose answer was lost. Report
@@ -538,7 +545,7 @@ class BillingStore:
             else:
                 charged = hold.charged_micro
                 available = self._close_hold(conn, hold, hold_id, charged, now)
-        conn.execute(_FINISH_RUNNING_USAGE if lost else _FINISH_USAGE, dict(
+        (_FINISH_RUNNING_USAGE if lost else _FINISH_USAGE)(conn, dict(
             usage_id=usage_id, finished_at=now, n_delivered=delivered, text_tokens=usage.text_tokens,
             image_tokens=usage.image_tokens, output_tokens=usage.output_tokens, cost_micro=charged,
             latency_ms=latency_ms, status=status, error_code=error_code,
@@ -547,10 +554,10 @@ class BillingStore:
         if idem is not None and not lost:
             claim = {"idem_scope": idem[0], "idem_key": idem[1]}
             if idem_result is None:
-                conn.execute(_DROP_CLAIM, claim)
+                _DROP_CLAIM(conn, claim)
             else:
                 stored = json.dumps({**idem_result, "cost_micro": charged}, separators=(",", ":"))
-                conn.execute(_STORE_RESULT, {**claim, "result_json": stored})
+                _STORE_RESULT(conn, {**claim, "result_json": stored})
         return charged, available
 
     def _close_hold(self, conn: Connection, hold: Any, hold_id: str, charged: int, now: float) -> int:
@@ -558,15 +565,15 @@ class BillingStore:
         # Rows are locked in one order everywhere - the hold, its account, then its key - so that concurrent holds
         # and settlements on PostgreSQL queue instead of deadlocking.
         charge = {"charged": charged, "amount": amount}
-        account = conn.execute(_CHARGE_ACCOUNT, {**charge, "account_id": hold.account_id}).one()
+        account = _CHARGE_ACCOUNT(conn, {**charge, "account_id": hold.account_id}).one()
         if hold.key_id is not None:
-            conn.execute(_CHARGE_KEY, {**charge, "key_id": hold.key_id, "now": now})
+            _CHARGE_KEY(conn, {**charge, "key_id": hold.key_id, "now": now})
         common = dict(at=now, account_id=hold.account_id, key_id=hold.key_id, hold_id=hold_id,
                       request_id=hold.request_id, balance_after_micro=account.balance_micro)
         entries = [dict(kind="settle", amount_micro=charged, **common)]
         if amount > charged:
             entries.append(dict(kind="release", amount_micro=amount - charged, **common))
-        conn.execute(_INSERT_LEDGER, entries)  # both in one round trip (PostgreSQL: one executemany)
+        _INSERT_LEDGER(conn, entries)  # both in one round trip (PostgreSQL: one executemany)
         return account.balance_micro - account.held_micro
 
     async def release(self, hold_id: str, *, reason: str, status: str = "crashed") -> bool:
@@ -608,15 +615,15 @@ class BillingStore:
         conn.execute(sa.update(usage_log).where(usage_log.c.id == usage_id)
                      .values(status="error", error_code="not_started", finished_at=now))
         if idem is not None:
-            conn.execute(_DROP_CLAIM, {"idem_scope": idem[0], "idem_key": idem[1]})
+            _DROP_CLAIM(conn, {"idem_scope": idem[0], "idem_key": idem[1]})
 
     # --- idempotency ----------------------------------------------------------------------------------------
 
     def _claim(self, conn: Connection, idem: tuple[str, str, str], request_id: str, hold_id: str | None,
                now: float) -> None:
         scope, key, body_hash = idem
-        conn.execute(_DROP_EXPIRED_CLAIM, {"idem_scope": scope, "idem_key": key, "now": now})
-        conn.execute(_INSERT_CLAIM, dict(
+        _DROP_EXPIRED_CLAIM(conn, {"idem_scope": scope, "idem_key": key, "now": now})
+        _INSERT_CLAIM(conn, dict(
             scope=scope, key=key, body_hash=body_hash, state="running", request_id=request_id, hold_id=hold_id,
             created_at=now, expires_at=now + self.idempotency_ttl,
         ))

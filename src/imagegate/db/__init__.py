@@ -23,10 +23,12 @@ row after waiting on its lock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -139,6 +141,73 @@ class Database:
         await self.engine.dispose()
 
 
+class Prebuilt:
+    """A statement built once, for the transactions every request makes. On SQLite it runs straight through the
+    sqlite3 cursor, its SQL compiled once per set of parameter names: SQLAlchemy's execution path costs several
+    times what SQLite takes to run such a statement (about 0.04-0.15 ms against 0.01), and a hold or a settlement
+    is five or six of them. Elsewhere (PostgreSQL) it runs through SQLAlchemy like any statement. Its values go to
+    the driver as they are: columns of plain types only (integers, floats, strings, booleans)."""
+
+    __slots__ = ("statement", "_sqlite")
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._sqlite: dict[frozenset[str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+    def __call__(self, conn: sa.Connection, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        if conn.dialect.name != "sqlite":
+            return conn.execute(self.statement, params)
+        many = isinstance(params, list)
+        first = params[0] if many else params
+        names = frozenset(first)
+        compiled = self._sqlite.get(names)
+        if compiled is None:
+            built = self.statement.compile(dialect=conn.dialect, column_keys=sorted(names))
+            # Values the statement holds itself (status = 'open') are bound parameters too.
+            compiled = self._sqlite[names] = (str(built), tuple(built.positiontup), dict(built.params))
+        sql, order, own = compiled
+        driver = conn.connection.driver_connection
+        try:
+            if many:
+                driver.executemany(sql, [tuple(p[n] if n in p else own[n] for n in order) for p in params])
+                return None
+            return _Rows(driver.execute(sql, tuple(first[n] if n in first else own[n] for n in order)))
+        except sqlite3.Error as exc:
+            # As SQLAlchemy would raise it: callers tell a taken key (IntegrityError) from a failing database.
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+
+
+class _Rows:
+    """What the billing code reads of a result: ``first()``, ``one()``, ``scalar_one()``, rows by column name."""
+
+    __slots__ = ("cursor",)
+    _shapes: dict[tuple[str, ...], type] = {}
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+
+    def first(self) -> Any:
+        row = self.cursor.fetchone()
+        description = self.cursor.description
+        self.cursor.close()  # the statement is done with (an UPDATE ... RETURNING made its changes on the first row)
+        if row is None or description is None:
+            return row
+        names = tuple(column[0] for column in description)
+        shape = self._shapes.get(names)
+        if shape is None:
+            shape = self._shapes[names] = collections.namedtuple("Row", names)  # type: ignore[misc]
+        return shape(*row)
+
+    def one(self) -> Any:
+        row = self.first()
+        if row is None:
+            raise sa.exc.NoResultFound("No row was found when one was required")
+        return row
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
 class _BatchBroken(Exception):
     """A job in a shared transaction met a database error: the batch is abandoned whole."""
 
@@ -172,6 +241,9 @@ class _SqliteThreads:
         self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
         self._lock_path = lock_path
         self._lock_fd: int | None = None  # opened by the writer thread on its first write, used only there
+        # The writer thread's connection, kept from one transaction to the next: a pool checkout and its reset per
+        # transaction cost more than the transaction's statements.
+        self._conn: sa.Connection | None = None
         self._queue: list[_WriteJob] = []  # writes waiting for the writer thread's next transaction
         self._queue_lock = threading.Lock()
 
@@ -208,10 +280,25 @@ class _SqliteThreads:
 
     def _alone(self, job: "_WriteJob") -> tuple[bool, Any]:
         try:
-            with self._file_lock(), self._writer.begin() as conn:
+            with self._file_lock(), self._transaction() as conn:
                 return True, job.fn(conn, *job.args)
         except BaseException as exc:  # BEGIN, the job or COMMIT failed: none of it happened
             return False, exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """One write transaction on the writer thread's connection (BEGIN IMMEDIATE, see _begin)."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self._writer.connect()
+        try:
+            with self._conn.begin():
+                yield self._conn
+        except DBAPIError:
+            # The database failed, not the job: start the next transaction on a fresh connection.
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
 
     def _together(self, jobs: list["_WriteJob"]) -> list[tuple[bool, Any]] | None:
         """The jobs in one transaction, each in a savepoint: a job that raises is undone alone. None when a job
@@ -219,7 +306,7 @@ class _SqliteThreads:
         a savepoint cannot tell; nothing of the batch is kept and the caller runs the jobs one by one."""
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self._file_lock(), self._writer.begin() as conn:
+            with self._file_lock(), self._transaction() as conn:
                 for job in jobs:
                     try:
                         with conn.begin_nested():
@@ -276,6 +363,9 @@ class _SqliteThreads:
         """Let running and queued work finish, end the threads, close the connections and the lock file."""
         self._write_thread.shutdown()
         self._read_threads.shutdown()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self.engine.dispose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
