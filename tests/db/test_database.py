@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from imagegate.db import LOCK_SUFFIX, Database
 from imagegate.db.schema import accounts
@@ -319,3 +321,30 @@ def test_processes_sharing_the_database_settle_exactly(database_url):
     assert totals["held"] == totals["open_holds"] == 0
     assert key.spent_micro == charged and key.held_micro == 0
     check_invariants(totals)
+
+
+def _synchronous(conn) -> int:
+    return conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+
+
+def test_a_write_that_need_not_survive_a_power_cut_skips_the_sync_and_the_next_durable_one_syncs(tmp_path):
+    """A hold need not survive a power cut (its request does not either): its commit is written, not synced, and is
+    at once what everyone reads; every other write is synced (synchronous=FULL, 2), and with it whatever came
+    before it in the log."""
+    url, _ = _sqlite(tmp_path)
+
+    async def main():
+        db = await _upgraded(url)
+        try:
+            await db.run_write(_insert_account, "hold-like", durable=False)
+            assert await db.run_write(_synchronous, durable=False) == 1  # NORMAL
+            assert await db.run_read(_names) == ["hold-like"]
+            await db.run_write(_insert_account, "settle-like")
+            assert await db.run_write(_synchronous) == 2  # FULL again
+        finally:
+            await db.dispose()
+        with sqlite3.connect(make_url(url).database) as other:  # what another process sees
+            assert [r[0] for r in other.execute("SELECT name FROM accounts ORDER BY id")] == ["hold-like",
+                                                                                             "settle-like"]
+
+    asyncio.run(main())

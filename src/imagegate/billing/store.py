@@ -421,7 +421,9 @@ class BillingStore:
         assert meta.account_id is not None
         hold_id = uuid.uuid4().hex
         try:
-            usage_id, available = await self.db.run_write(self._place_hold, meta, key_id, idem, hold_id, time.time())
+            # Not durable: after a power cut there is no request left for the hold to guard (see run_write).
+            usage_id, available = await self.db.run_write(self._place_hold, meta, key_id, idem, hold_id, time.time(),
+                                                           durable=False)
         except IntegrityError:
             if idem is not None:
                 raise IdempotencyTaken() from None

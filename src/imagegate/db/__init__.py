@@ -90,14 +90,18 @@ class Database:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=60)
         self._writer = self.engine.execution_options(imagegate_write=True)
 
-    async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
         """``fn(connection, *args)`` as one write transaction: committed when it returns, rolled back if it raises.
         ``fn`` runs on another thread (SQLite) or inside the event loop's greenlet bridge (PostgreSQL): it must
-        only use the connection, not touch state that the event loop's code shares."""
+        only use the connection, not touch state that the event loop's code shares.
+
+        ``durable=False``: on SQLite the commit is not synced to disk before it returns (a power cut may undo it,
+        a crash of the process cannot); a later durable commit syncs it too. For what a power cut makes moot
+        anyway: a request's hold dies with the server that placed it."""
         if self._sqlite is None:
             async with self._writer.begin() as conn:
                 return await conn.run_sync(fn, *args)
-        return await self._sqlite.write(fn, args)
+        return await self._sqlite.write(fn, args, durable)
 
     async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` in one transaction that is rolled back afterwards: on SQLite a snapshot; on
@@ -218,6 +222,7 @@ class _WriteJob:
     args: tuple
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    durable: bool = True
 
 
 def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
@@ -244,15 +249,16 @@ class _SqliteThreads:
         # The writer thread's connection, kept from one transaction to the next: a pool checkout and its reset per
         # transaction cost more than the transaction's statements.
         self._conn: sa.Connection | None = None
+        self._synced = True  # its commits are synced to disk (synchronous=FULL)
         self._queue: list[_WriteJob] = []  # writes waiting for the writer thread's next transaction
         self._queue_lock = threading.Lock()
 
-    async def write(self, fn: Callable[..., T], args: tuple) -> T:
+    async def write(self, fn: Callable[..., T], args: tuple, durable: bool = True) -> T:
         """Queue ``fn`` for the writer thread. Writes that queue up while it is busy go together: one transaction
         (and one fsync, one turn of the file lock) for all of them, each in a savepoint of its own, so that one
         that raises is undone alone. A caller hears its result only once the whole transaction has committed."""
         loop = asyncio.get_running_loop()
-        job = _WriteJob(fn, args, loop, loop.create_future())
+        job = _WriteJob(fn, args, loop, loop.create_future(), durable)
         with self._queue_lock:
             self._queue.append(job)
             first = len(self._queue) == 1
@@ -280,16 +286,21 @@ class _SqliteThreads:
 
     def _alone(self, job: "_WriteJob") -> tuple[bool, Any]:
         try:
-            with self._file_lock(), self._transaction() as conn:
+            with self._file_lock(), self._transaction(job.durable) as conn:
                 return True, job.fn(conn, *job.args)
         except BaseException as exc:  # BEGIN, the job or COMMIT failed: none of it happened
             return False, exc
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sa.Connection]:
-        """One write transaction on the writer thread's connection (BEGIN IMMEDIATE, see _begin)."""
+    def _transaction(self, durable: bool) -> Iterator[sa.Connection]:
+        """One write transaction on the writer thread's connection (BEGIN IMMEDIATE, see _begin), its commit synced
+        to disk or, not ``durable``, only written (see Database.run_write)."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self._writer.connect()
+            self._synced = True  # as every connection starts (_sqlite_setup)
+        if durable != self._synced:
+            self._conn.connection.driver_connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._synced = durable
         try:
             with self._conn.begin():
                 yield self._conn
@@ -306,7 +317,7 @@ class _SqliteThreads:
         a savepoint cannot tell; nothing of the batch is kept and the caller runs the jobs one by one."""
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self._file_lock(), self._transaction() as conn:
+            with self._file_lock(), self._transaction(any(job.durable for job in jobs)) as conn:
                 for job in jobs:
                     try:
                         with conn.begin_nested():
@@ -418,8 +429,15 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:
-        write = conn.get_execution_options().get("imagegate_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get("imagegate_write", False) else "BEGIN"
+        driver = conn.connection.driver_connection
+        if not isinstance(driver, sqlite3.Connection):  # aiosqlite's
+            conn.exec_driver_sql(statement)
+            return
+        try:  # straight to the driver: through SQLAlchemy this took longer than the transaction's statements
+            driver.execute(statement)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 @contextlib.asynccontextmanager
