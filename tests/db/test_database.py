@@ -348,3 +348,29 @@ def test_a_write_that_need_not_survive_a_power_cut_skips_the_sync_and_the_next_d
                                                                                              "settle-like"]
 
     asyncio.run(main())
+
+
+def _fails(conn, kind: str) -> None:
+    if kind == "integrity":
+        _insert_account(conn, "taken")  # a second time: the name is unique
+    else:
+        conn.exec_driver_sql("SELECT * FROM no_such_table")
+
+
+@pytest.mark.parametrize("kind", ["integrity", "operational"])
+def test_a_durable_write_after_a_failed_unsynced_one_is_synced(tmp_path, kind):
+    url, _ = _sqlite(tmp_path)
+
+    async def main():
+        db = await _upgraded(url)
+        try:
+            await db.run_write(_insert_account, "taken")
+            with pytest.raises(sa.exc.DBAPIError):
+                await db.run_write(_fails, kind, durable=False)
+            assert await db.run_write(_synchronous) == 2  # FULL, whatever connection the writer is on now
+            assert await db.run_write(_synchronous, durable=False) == 1
+            assert await db.run_write(_synchronous) == 2
+        finally:
+            await db.dispose()
+
+    asyncio.run(main())

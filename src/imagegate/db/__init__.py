@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imagegate.config import ConfigError
@@ -150,7 +150,8 @@ class Prebuilt:
     sqlite3 cursor, its SQL compiled once per set of parameter names: SQLAlchemy's execution path costs several
     times what SQLite takes to run such a statement (about 0.04-0.15 ms against 0.01), and a hold or a settlement
     is five or six of them. Elsewhere (PostgreSQL) it runs through SQLAlchemy like any statement. Its values go to
-    the driver as they are: columns of plain types only (integers, floats, strings, booleans)."""
+    the driver as they are: columns of plain types only (integers, floats, strings, booleans); a list of parameter
+    sets (executemany) must name the same parameters in each."""
 
     __slots__ = ("statement", "_sqlite")
 
@@ -167,8 +168,10 @@ class Prebuilt:
         compiled = self._sqlite.get(names)
         if compiled is None:
             built = self.statement.compile(dialect=conn.dialect, column_keys=sorted(names))
-            # Values the statement holds itself (status = 'open') are bound parameters too.
-            compiled = self._sqlite[names] = (str(built), tuple(built.positiontup), dict(built.params))
+            # Values the statement holds itself (status = 'open') are bound parameters too; one the caller must give
+            # and did not is a KeyError, as a programming error should be, not a database failure.
+            own = {name: bind.effective_value for name, bind in built.binds.items() if not bind.required}
+            compiled = self._sqlite[names] = (str(built), tuple(built.positiontup), own)
         sql, order, own = compiled
         driver = conn.connection.driver_connection
         try:
@@ -249,7 +252,7 @@ class _SqliteThreads:
         # The writer thread's connection, kept from one transaction to the next: a pool checkout and its reset per
         # transaction cost more than the transaction's statements.
         self._conn: sa.Connection | None = None
-        self._synced = True  # its commits are synced to disk (synchronous=FULL)
+        self._synced: bool | None = None  # whether its commits are synced to disk (None: not known, set it)
         self._queue: list[_WriteJob] = []  # writes waiting for the writer thread's next transaction
         self._queue_lock = threading.Lock()
 
@@ -297,18 +300,25 @@ class _SqliteThreads:
         to disk or, not ``durable``, only written (see Database.run_write)."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self._writer.connect()
-            self._synced = True  # as every connection starts (_sqlite_setup)
-        if durable != self._synced:
-            self._conn.connection.driver_connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._synced = durable
+            self._synced = None  # a pooled connection keeps whatever it was last set to: set it, whatever it is
         try:
+            if durable != self._synced:
+                statement = f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"
+                try:
+                    self._conn.connection.driver_connection.execute(statement)
+                except sqlite3.Error as exc:
+                    raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+                self._synced = durable
             with self._conn.begin():
                 yield self._conn
+        except IntegrityError:
+            raise  # the job's own conflict (a taken idempotency key): rolled back, the connection is fine
         except DBAPIError:
-            # The database failed, not the job: start the next transaction on a fresh connection.
+            # The database failed, not the job: the next transaction starts on a fresh connection, and this one is
+            # never handed out again.
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
-                conn.close()
+                conn.invalidate()
             raise
 
     def _together(self, jobs: list["_WriteJob"]) -> list[tuple[bool, Any]] | None:
