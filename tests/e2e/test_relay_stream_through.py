@@ -120,10 +120,10 @@ def test_a_200_without_images_is_a_bad_upstream_answer(faults, tmp_path):
         assert settled(live, "acme")["settle"] == 0
 
 
-def test_data_url_prefix_and_escaped_slashes_are_cleaned_in_flight(faults, tmp_path):
-    # A PHP relay escapes every '/' as '\/'; some relays prefix a data URL.
-    dirty = b"data:image/png;base64," + B64.replace(b"/", b"\\/")
-    assert dirty.count(b"\\/") > 100
+def test_data_url_prefix_and_escaped_characters_are_cleaned_in_flight(faults, tmp_path):
+    # A PHP relay escapes every '/' as '\/', a .NET one every '+' as '\u002B'; some relays prefix a data URL.
+    dirty = b"data:image/png;base64," + B64.replace(b"/", b"\\/").replace(b"+", b"\\u002B")
+    assert dirty.count(b"\\/") > 100 and dirty.count(b"\\u002B") > 100
     body, start = _answer(dirty)
     faults.default = _paused(body, start)
     with metered_server("sqlite", tmp_path, channels=(_channel(faults),)) as live:

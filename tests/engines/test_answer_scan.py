@@ -26,7 +26,7 @@ def _scan(body: bytes, cuts: list[int], **kw) -> tuple[AnswerScanner, dict]:
 
 DOC = (
     b'{"created": 1, "note": "a \\"b64_json\\": \\"trap\\" and b64_json: \\\\", "data": ['
-    b'{"revised_prompt": "b64_json", "b64_json" : "' + A + b'"},'
+    b'{"revised_prompt": "b64_json", "b64_json" : "' + A.replace(b"+", b"\\u002B") + b'"},'
     b'{"b64_json":"data:image/png;base64,' + B.replace(b"/", b"\\/") + b'", "revised_prompt": "x"}'
     b'], "usage": {"input_tokens": 3, "b64_json": null}}'
 )
@@ -66,7 +66,10 @@ def test_the_head_is_ready_once_enough_has_arrived():
     "body, message",
     [
         (b'{"data": [{"b64_json": "abc\x01def"}]}', "characters that base64 never has"),
-        (b'{"data": [{"b64_json": "abc\\u0041"}]}', "an escape that base64 never needs"),
+        (b'{"data": [{"b64_json": "abc\\u0022"}]}', "an escape that base64 never needs"),
+        (b'{"data": [{"b64_json": "abc\\u00zz"}]}', "an escape that base64 never needs"),
+        (b'{"data": [{"b64_json": "abc\\t"}]}', "an escape that base64 never needs"),
+        (b'{"data": [{"b64_json": "abc\\u00', "ends inside an image"),
         (b'{"data": [{"b64_json": "abcd', "ends inside an image"),
         (b'{"data": [{"b64_json": "abcd"}], "x": {"b64_json": "abcd"}}', "outside 'data'"),
         (b'{"data": [{"b64_json": "abcd"}', "not JSON"),

@@ -7,7 +7,8 @@ an image before its last byte has arrived, and never holds a second copy of it.
 
 The base64 is checked as it passes, with the same rule as the buffered path: it must be a valid JSON string's
 content on its own (printable ASCII, no quote, no backslash), because it is spliced into our answer unparsed.
-Relays that escape ``/`` as ``\\/`` (PHP's default) are unescaped; a data-URL prefix is dropped.
+Escaped base64 characters (``\\/``: PHP's default; ``\\u002B``: .NET's) are unescaped; a data-URL prefix is
+dropped.
 """
 
 from __future__ import annotations
@@ -165,9 +166,10 @@ class AnswerScanner:
         """Take base64 until the string's closing quote or the chunk's end; returns where it stopped."""
         image = self.images[-1]
         end = len(chunk)
-        if self._escape_pending:
-            self._escape_pending = False
-            pos = self._unescape(image, chunk, pos)
+        if self._escape is not None:  # an escape cut by the chunk's edge
+            pos = self._take_escape(image, chunk, pos)
+            if self._escape is not None:
+                return end
         while pos < end:
             quote = chunk.find(b'"', pos)
             stop = quote if quote >= 0 else end
@@ -184,23 +186,26 @@ class AnswerScanner:
                 image.close()
                 self._state = _OUT
                 return quote + 1
-            if backslash + 1 >= end:
-                self._escape_pending = True
+            self._escape = bytearray()
+            pos = self._take_escape(image, chunk, backslash + 1)
+            if self._escape is not None:
                 return end
-            pos = self._unescape(image, chunk, backslash + 1)
         return end
 
-    _escape_pending = False
+    _escape: bytearray | None = None  # what followed a backslash, while the escape is not whole yet
 
-    @staticmethod
-    def _unescape(image: ArrivingImage, chunk: bytes, pos: int) -> int:
-        """The character after a backslash: ``\\/`` is ``/``; escaped line breaks (MIME-style base64) go."""
-        escaped = chunk[pos]
-        if escaped == 0x2F:
-            image.feed(b"/")
-        elif escaped not in (0x6E, 0x72):  # n, r
-            raise ValueError("b64_json holds an escape that base64 never needs")
-        return pos + 1
+    def _take_escape(self, image: ArrivingImage, chunk: bytes, pos: int) -> int:
+        escape = self._escape
+        assert escape is not None
+        while pos < len(chunk) and not _whole(escape):
+            escape.append(chunk[pos])
+            pos += 1
+        if _whole(escape):
+            self._escape = None
+            text = _unescaped(escape)
+            if text:
+                image.feed(text)
+        return pos
 
     # -- ending ------------------------------------------------------------------------------------------------
 
@@ -209,7 +214,7 @@ class AnswerScanner:
         ``handed_over`` images (already forwarded as streams) and those from ``wanted`` on (not asked for): None.
         Raises ValueError when the body is no images answer, or when its images are not the strings that were
         streamed, in order."""
-        if self._state == _BASE64 or self._escape_pending:
+        if self._state == _BASE64 or self._escape is not None:
             raise ValueError("the answer ends inside an image")
         try:
             doc = orjson.loads(b"".join(self._skeleton))
@@ -235,6 +240,30 @@ class AnswerScanner:
         """The body will not end well: whoever reads an image still arriving hears ``error``."""
         for image in self.images:
             image.stream.fail(error)
+
+
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _whole(escape: bytearray) -> bool:
+    return bool(escape) and (escape[0] != 0x75 or len(escape) == 5)  # one character, or u and four hex digits
+
+
+def _unescaped(escape: bytearray) -> bytes:
+    """An escape inside base64: ``\\/`` (PHP's default) and ``\\u002B`` (.NET's, for '+') stand for base64
+    characters; escaped line breaks (MIME-style base64) go; anything else is no base64."""
+    if escape[0] == 0x2F:
+        return b"/"
+    if escape[0] in (0x6E, 0x72):  # n, r
+        return b""
+    if escape[0] == 0x75:
+        try:
+            char = chr(int(bytes(escape[1:]).decode("ascii"), 16))
+        except ValueError:
+            char = ""
+        if char in _BASE64_CHARS:
+            return char.encode("ascii")
+    raise ValueError("b64_json holds an escape that base64 never needs")
 
 
 def _check_printable(piece: bytes | memoryview) -> None:
