@@ -25,7 +25,7 @@ from imagegate.engines.upstream import UpstreamSession
 from imagegate.gateway import Gateway
 from imagegate.memory import keep_freed_buffers
 from imagegate.moderation import ModerationClient
-from imagegate.channels import ChannelSet, ChannelStore, reload_channels
+from imagegate.channels import ChannelSet, ChannelStore, reload_channels, unknown_models
 from imagegate.storage import LocalStorage, UrlSigner
 from imagegate.storage.local import load_or_create_secret
 
@@ -108,7 +108,7 @@ def create_app(
     billing, keys, billing_runtime = _billing(settings, catalog, keys)
     signer = UrlSigner(load_or_create_secret(settings.data_dir / "url_secret.key"))
     storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
-    unknown = sorted({m for c in settings.channels for m in c.models if catalog.get(m) is None})
+    unknown = unknown_models(settings.channels, catalog)
     if unknown:
         raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
     upstream_client = UpstreamSession()  # connects on first use only
@@ -249,8 +249,13 @@ def worker_app() -> FastAPI:
 
     spec = json.loads(os.environ[WORKER_ENV])
     settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     return create_app(settings)
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log lines, for the serving process and every worker alike."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _version() -> str:

@@ -39,7 +39,7 @@ def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> 
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ChannelError(".".join(str(p) for p in first["loc"]) or "channel", first["msg"]) from None
-    unknown = sorted(m for m in given.models if catalog.get(m) is None)
+    unknown = unknown_models([given], catalog)
     if unknown:
         raise ChannelError("models", f"unknown model(s) {unknown}; GET /v1/models lists them")
     used = given
@@ -49,6 +49,11 @@ def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> 
             raise ChannelError("api_key", f"environment variable {name} is not set on the server")
         used = given.model_copy(update={"api_key": environ[name]})
     return given, used
+
+
+def unknown_models(configs: "list[ChannelConfig] | tuple[ChannelConfig, ...]", catalog: Catalog) -> list[str]:
+    """The model ids channels name that the catalog does not have."""
+    return sorted({m for c in configs for m in c.models if catalog.get(m) is None})
 
 
 class ChannelStore:

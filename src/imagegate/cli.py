@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from imagegate.config import ConfigError, load_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imagegate.app import WORKER_ENV, check_in_subprocess, create_app, ensure_api_keys
+    from imagegate.app import WORKER_ENV, check_in_subprocess, configure_logging, create_app, ensure_api_keys
 
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "workers": args.workers}
     try:
@@ -23,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     from imagegate.billing import metering_enabled
 
     metered = metering_enabled(settings)

@@ -1,4 +1,5 @@
-"""Fetching reference images from URLs that clients put in chat messages, safely.
+"""Fetching what someone else names by URL, safely: reference images that clients put in chat messages, and the
+pieces the relays' downloads of upstream image links share (the public-only connector, proxies, bounded reads).
 
 The URL is the client's, the request is ours: without care it is a server-side request forgery. Only http(s),
 only public addresses (unless the operator allows private ones), a time limit and a size limit enforced while
@@ -43,6 +44,10 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+class PrivateAddress(OSError):
+    """A name that resolves to an address this server does not fetch from."""
+
+
 class PublicResolver(AbstractResolver):
     """The system's resolver, refusing a name with any address that is not public. A connector using it connects
     to exactly the addresses it checked (with its DNS cache off, it checks every time)."""
@@ -53,7 +58,7 @@ class PublicResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
         found = await self._inner.resolve(host, port, family)
         if not found or not all(is_public_address(entry["host"]) for entry in found):
-            raise OSError(f"'{host}' resolves to a private or loopback address")
+            raise PrivateAddress(f"'{host}' resolves to a private or loopback address")
         return found
 
     async def close(self) -> None:
@@ -61,14 +66,14 @@ class PublicResolver(AbstractResolver):
 
 
 def public_connector(**options: Any) -> aiohttp.TCPConnector:
-    """A connector that only ever connects to public addresses. Addresses written in the URL are not resolved,
-    so check those first (:func:`public_host`)."""
+    """A connector that only ever connects to public addresses. It comes after :func:`public_host`, which gives the
+    early, clear refusal and is the only check for an address written in the URL (never resolved) or a request
+    through a proxy (the proxy resolves); this one closes the gap between that lookup and the connection."""
     return aiohttp.TCPConnector(resolver=PublicResolver(), use_dns_cache=False, **options)
 
 
 def env_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
-    """The proxy from HTTP(S)_PROXY / NO_PROXY (``urllib.request.getproxies()``) for ``url``. Through a proxy the
-    proxy resolves the name: only the check before the request applies then."""
+    """The proxy from HTTP(S)_PROXY / NO_PROXY (``urllib.request.getproxies()``) for ``url``."""
     parts = urlsplit(url)
     proxy = proxies.get(parts.scheme)
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
@@ -76,34 +81,51 @@ def env_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
     return proxy
 
 
+async def _addresses(url: str) -> list[str]:
+    parts = urlsplit(url)
+    return await _resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
 async def public_host(url: str) -> bool:
-    """Whether every address the URL's host resolves to is public (a first, early answer; the connection's own
-    resolver checks again, see :class:`PublicResolver`)."""
+    """Whether every address the URL's host resolves to is public."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        addresses = await _resolve(parts.hostname, port)
+        addresses = await _addresses(url)
     except OSError:
         return False
     return bool(addresses) and all(is_public_address(a) for a in addresses)
+
+
+async def read_body(response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False) -> bytes:
+    """The body, up to a limit (past it: a ValueError, or with ``truncate`` the first ``max_bytes``)."""
+    chunks, total = [], 0
+    async for chunk in response.content.iter_any():
+        total += len(chunk)
+        if total > max_bytes:
+            if truncate:
+                chunks.append(chunk[: max_bytes - (total - len(chunk))])
+                break
+            raise ValueError(f"the answer is larger than {max_bytes:,} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool) -> bytes:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"Invalid image URL in '{param}': only http(s) URLs and data URLs are accepted.", param=param)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    private = InvalidRequest(
+        f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
+        param=param,
+    )
     try:
-        addresses = await _resolve(parts.hostname, port)
+        addresses = await _addresses(url)
     except OSError:
         raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
     if not allow_private and not all(is_public_address(a) for a in addresses):
-        raise InvalidRequest(
-            f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
-            param=param,
-        )
+        raise private
     proxy = env_proxy(url, urllib.request.getproxies())
     connector = aiohttp.TCPConnector() if allow_private or proxy else public_connector()
     try:
@@ -114,19 +136,13 @@ async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float,
                     raise InvalidRequest(
                         f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
                     )
-                chunks, total = [], 0
-                async for chunk in response.content.iter_any():
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise InvalidRequest(
-                            f"The image at the URL in '{param}' is larger than {max_bytes:,} bytes.", param=param
-                        )
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except aiohttp.ClientConnectorDNSError:
-        raise InvalidRequest(
-            f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
-            param=param,
-        ) from None
+                return await read_body(response, max_bytes)
+    except ValueError:
+        raise InvalidRequest(f"The image at the URL in '{param}' is larger than {max_bytes:,} bytes.",
+                             param=param) from None
+    except aiohttp.ClientConnectorDNSError as exc:
+        if isinstance(exc.os_error, PrivateAddress):  # the name changed its answer since the check above
+            raise private from None
+        raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise InvalidRequest(f"Fetching the image URL in '{param}' failed: {type(exc).__name__}.", param=param) from None

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from imagegate.db import LOCK_SUFFIX, Database
+from imagegate.db import LOCK_SUFFIX, Database, opened
 from imagegate.db.schema import accounts
 from tests.db.backends import fresh_url, open_store
 from tests.db.test_ledger import check_invariants
@@ -31,12 +31,6 @@ def _insert_account(conn, name: str) -> None:
 
 def _names(conn) -> list[str]:
     return list(conn.execute(sa.select(accounts.c.name).order_by(accounts.c.id)).scalars())
-
-
-async def _upgraded(url: str) -> Database:
-    db = Database(url)
-    await db.upgrade()
-    return db
 
 
 def _sqlite(tmp_path) -> tuple[str, Path]:
@@ -56,14 +50,11 @@ def test_queued_writes_commit_together_and_a_failing_one_is_undone_alone(tmp_pat
         return i
 
     async def main():
-        db = await _upgraded(url)
-        sa.event.listen(db._sqlite.engine, "commit", lambda conn: commits.append(1))
-        try:
+        async with opened(url) as db:
+            sa.event.listen(db._sqlite.engine, "commit", lambda conn: commits.append(1))
             outcomes = await asyncio.gather(*(db.run_write(insert_or_fail, i) for i in range(40)),
                                             return_exceptions=True)
             return outcomes, await db.run_read(_names)
-        finally:
-            await db.dispose()
 
     outcomes, names = asyncio.run(main())
     for i, outcome in enumerate(outcomes):
@@ -117,14 +108,11 @@ def test_run_write_rolls_back_whole_when_its_function_raises(database_url):
         raise ValueError("boom")
 
     async def main():
-        db = await _upgraded(database_url)
-        try:
+        async with opened(database_url) as db:
             with pytest.raises(ValueError, match="boom"):
                 await db.run_write(half_then_fail)
             await db.run_write(_insert_account, "whole")  # the writer is free again
             return await db.run_read(_names)
-        finally:
-            await db.dispose()
 
     assert asyncio.run(main()) == ["whole"]
 
@@ -134,8 +122,10 @@ def test_writers_wait_for_the_file_lock_another_process_holds(tmp_path):
     url, lock_path = _sqlite(tmp_path)
 
     async def main():
-        db = await _upgraded(url)
+        async with opened(url) as db:
+            await hold_the_lock_meanwhile(db)
 
+    async def hold_the_lock_meanwhile(db: Database) -> None:
         async def block() -> None:
             async with db.write() as conn:
                 await conn.execute(sa.insert(accounts).values(name="b", group_name="default", created_at=time.time()))
@@ -162,7 +152,6 @@ def test_writers_wait_for_the_file_lock_another_process_holds(tmp_path):
                 raise AssertionError("the writer kept the file lock")
         finally:
             os.close(fd)
-            await db.dispose()
 
     asyncio.run(main())
 
@@ -171,8 +160,7 @@ def test_a_write_block_holds_the_writers_turn_while_it_awaits(tmp_path):
     url, lock_path = _sqlite(tmp_path)
 
     async def main():
-        db = await _upgraded(url)
-        try:
+        async with opened(url) as db:
             async with db.write() as conn:
                 await conn.execute(sa.insert(accounts).values(name="block", group_name="default",
                                                               created_at=time.time()))
@@ -187,8 +175,6 @@ def test_a_write_block_holds_the_writers_turn_while_it_awaits(tmp_path):
                     os.close(fd)
             await asyncio.wait_for(queued, 10)
             return await db.run_read(_names)
-        finally:
-            await db.dispose()
 
     assert asyncio.run(main()) == ["block", "queued"]
 
@@ -197,13 +183,12 @@ def test_a_write_block_cancelled_while_waiting_for_its_turn_gives_it_up(tmp_path
     url, _ = _sqlite(tmp_path)
 
     async def main():
-        db = await _upgraded(url)
+        async with opened(url) as db:
 
-        async def waiting() -> None:
-            async with db.write():
-                raise AssertionError("a cancelled block must not run")
+            async def waiting() -> None:
+                async with db.write():
+                    raise AssertionError("a cancelled block must not run")
 
-        try:
             async with db.write():
                 task = asyncio.create_task(waiting())
                 await asyncio.sleep(0.1)
@@ -212,8 +197,6 @@ def test_a_write_block_cancelled_while_waiting_for_its_turn_gives_it_up(tmp_path
                     await task
             await asyncio.wait_for(db.run_write(_insert_account, "after"), 10)
             return await db.run_read(_names)
-        finally:
-            await db.dispose()
 
     assert asyncio.run(main()) == ["after"]
 
@@ -230,7 +213,8 @@ def test_dispose_ends_the_threads_and_closes_the_lock_file(tmp_path):
         return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(lock_path.resolve()))
 
     async def main():
-        db = await _upgraded(url)
+        db = Database(url)
+        await db.upgrade()
         await asyncio.gather(db.run_write(_insert_account, "a"), *(db.run_read(_names) for _ in range(8)))
         async with db.write():
             pass
@@ -334,15 +318,12 @@ def test_a_write_that_need_not_survive_a_power_cut_skips_the_sync_and_the_next_d
     url, _ = _sqlite(tmp_path)
 
     async def main():
-        db = await _upgraded(url)
-        try:
+        async with opened(url) as db:
             await db.run_write(_insert_account, "hold-like", durable=False)
             assert await db.run_write(_synchronous, durable=False) == 1  # NORMAL
             assert await db.run_read(_names) == ["hold-like"]
             await db.run_write(_insert_account, "settle-like")
             assert await db.run_write(_synchronous) == 2  # FULL again
-        finally:
-            await db.dispose()
         with sqlite3.connect(make_url(url).database) as other:  # what another process sees
             assert [r[0] for r in other.execute("SELECT name FROM accounts ORDER BY id")] == ["hold-like",
                                                                                              "settle-like"]
@@ -362,15 +343,12 @@ def test_a_durable_write_after_a_failed_unsynced_one_is_synced(tmp_path, kind):
     url, _ = _sqlite(tmp_path)
 
     async def main():
-        db = await _upgraded(url)
-        try:
+        async with opened(url) as db:
             await db.run_write(_insert_account, "taken")
             with pytest.raises(sa.exc.DBAPIError):
                 await db.run_write(_fails, kind, durable=False)
             assert await db.run_write(_synchronous) == 2  # FULL, whatever connection the writer is on now
             assert await db.run_write(_synchronous, durable=False) == 1
             assert await db.run_write(_synchronous) == 2
-        finally:
-            await db.dispose()
 
     asyncio.run(main())

@@ -26,6 +26,7 @@ from imagegate.api.render import (
     images_response,
     images_tail,
     item_extras,
+    upstream_revises_prompts,
 )
 from imagegate.engines.base import Base64Stream, ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
@@ -97,9 +98,9 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     )
     image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))
     if not image_request.stream and image_request.response_format == "b64_json" \
-            and "idempotency-key" not in request.headers and image_request.job.model.id != "dall-e-3":
-        # Nothing needs the image stored before it is answered (nor, as dall-e-3's revised prompt, read from the
-        # end of the upstream's answer): a relay may forward it while it arrives.
+            and "idempotency-key" not in request.headers and not upstream_revises_prompts(image_request):
+        # Nothing needs the image stored, or the upstream's whole answer read, before it is answered: a relay may
+        # forward it while it arrives.
         image_request = replace(image_request, job=replace(image_request.job, b64_as_it_arrives=True))
     run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
     if not isinstance(run, Run):

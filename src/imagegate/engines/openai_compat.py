@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import orjson
 
+from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.config import ChannelConfig
 from imagegate.engines.answer_scan import AnswerScanner
@@ -162,29 +163,18 @@ class OpenAICompatEngine(RelayEngine):
 
     @staticmethod
     def _arriving(job: Job, index: int, image) -> ImageDone | None:
-        """The image as a stream, if its header shows the format the client asked for and its size."""
-        try:
-            head = decode_b64_image(bytes(image.head[: len(image.head) // 4 * 4]))
-        except ValueError:
-            return None  # left to the whole-answer path, which says what is wrong with it
-        if sniff_format(head) != job.output_format:
-            return None
-        size = header_size(head)
-        if size is None:
-            return None
-        return ImageDone(index, None, job.output_format, size, None, b64=image.stream)
+        """The image as a stream, if its header shows the format the client asked for and its size (if not, it is
+        left to the whole-answer path, which converts it or says what is wrong with it)."""
+        size = _passable(job, bytes(image.head[: len(image.head) // 4 * 4]))
+        return None if size is None else ImageDone(index, None, job.output_format, size, None, b64=image.stream)
 
     async def _image(self, job: Job, index: int, item: dict[str, Any]) -> ImageDone:
         revised = item.get("revised_prompt")
         if item.get("b64_json"):
             text = strip_data_url(item["b64_json"])
-            # Pass the upstream's base64 through when it already is what the client asked for: the header
-            # (format, size) is all we need to read.
-            head = decode_b64_image(text[:_HEAD_CHARS])
-            if sniff_format(head) == job.output_format:
-                size = header_size(head)
-                if size is not None:
-                    return ImageDone(index, None, job.output_format, size, revised, b64=text)
+            size = _passable(job, text[:_HEAD_CHARS])
+            if size is not None:
+                return ImageDone(index, None, job.output_format, size, revised, b64=text)
             data = decode_b64_image(text)
             data, fmt, size = await asyncio.to_thread(
                 conform, data, job.output_format, job.output_compression, job.transparent
@@ -226,6 +216,16 @@ class OpenAICompatEngine(RelayEngine):
         if index == 0:
             raise self._malformed("the stream ended without a completed image")
         yield JobDone(usage if saw_usage else usage_from(None, job, index))
+
+
+def _passable(job: Job, head_b64: str | bytes | memoryview) -> Size | None:
+    """The image's size, if the header in its first base64 characters shows the format the client asked for: then
+    the upstream's base64 is passed through as it is (the header is all there is to read), else None."""
+    try:
+        head = decode_b64_image(head_b64)
+    except ValueError:
+        return None
+    return header_size(head) if sniff_format(head) == job.output_format else None
 
 
 def _form_value(value: Any) -> str:

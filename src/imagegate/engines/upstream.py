@@ -30,7 +30,7 @@ from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
 from imagegate.errors import EngineTimeout, UpstreamError
-from imagegate.fetch import env_proxy, public_connector, public_host
+from imagegate.fetch import env_proxy, public_connector, public_host, read_body
 
 if TYPE_CHECKING:
     from imagegate.config import ChannelConfig
@@ -246,20 +246,6 @@ def decode_b64_image(value: str | bytes | memoryview) -> bytes:
         return base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError):
         raise ValueError("b64_json is not valid base64") from None
-
-
-async def read_body(response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False) -> bytes:
-    """The body, up to a limit (past it: an error, or with ``truncate`` the first ``max_bytes``)."""
-    chunks, total = [], 0
-    async for chunk in response.content.iter_any():
-        total += len(chunk)
-        if total > max_bytes:
-            if truncate:
-                chunks.append(chunk[: max_bytes - (total - len(chunk))])
-                break
-            raise ValueError(f"the upstream's answer is larger than {max_bytes:,} bytes")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 ERROR_BODY_LIMIT = 64 * 1024  # an error answer is a message, not a payload
