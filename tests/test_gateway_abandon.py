@@ -62,3 +62,44 @@ def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tm
         assert sorted(p.name for p in storage.root.iterdir()) == [stored.name]
 
     asyncio.run(main())
+
+
+class SlowToSettle:
+    """Billing whose settlement is still being committed when the client leaves."""
+
+    def __init__(self) -> None:
+        self.settling = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def settle(self, ticket, result, error, *, engine, cancelled=False):
+        self.settling.set()
+        await self.release.wait()
+        return None
+
+
+def test_a_client_that_leaves_while_its_run_settles_keeps_its_images(tmp_path):
+    async def main():
+        catalog = load_catalog()
+        request = await validate_request(
+            RawRequest("generate", {"model": "gpt-image-1", "prompt": "settling", "size": "1024x1024"}), catalog,
+            max_input_pixels=10**8, max_image_bytes=10**8)
+        job = request.job
+        request = replace(request, job=replace(job, model=replace(job.model, engine="relay")))
+        storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
+        billing = SlowToSettle()
+        gateway = Gateway(engines={"relay": HandsOverAStream()}, storage=storage, billing=billing)  # type: ignore[arg-type]
+        run = gateway.start(request, ticket=object())  # type: ignore[arg-type]
+        await billing.settling.wait()  # the work is over, its charge is being committed
+        assert not run.task.done() and run.result.images[0].stored is None
+        run.abandon()  # the client goes now, while its answer could still be on its way
+        billing.release.set()
+        await run.task
+        for _ in range(100):
+            if run.result.images[0].stored is not None:
+                break
+            await asyncio.sleep(0.01)
+        stored = run.result.images[0].stored
+        assert stored is not None and (storage.root / stored.name).read_bytes() == IMAGE
+        await gateway.aclose()
+
+    asyncio.run(main())

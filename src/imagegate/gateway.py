@@ -88,6 +88,9 @@ class Run:
         self.abandoned = False
         self.task: asyncio.Task | None = None
         self.error: ImagegateError | None = None  # how the run ended, once it has
+        # The work is over and what it stores is stored: a client leaving from now on (while the run settles, or
+        # while its answer is still being written) has its images kept by _keep_late, not by the run's task.
+        self.ended = False
         self._keep_late: Callable[[Run], None] | None = None  # stores the images of a run left after it ended
 
     def _emit(self, item: object) -> None:
@@ -113,7 +116,7 @@ class Run:
         if self.abandoned:
             return
         self.abandoned = True
-        if self.task is not None and self.task.done() and self._keep_late is not None:
+        if self.ended and self._keep_late is not None:
             self._keep_late(self)
 
 
@@ -270,6 +273,7 @@ class Gateway:
         finally:
             run.result.finished = time.monotonic()
             run.error = error
+            run.ended = True  # from here on abandon() keeps the images itself (settling below awaits)
             # Settle here, in the run's own task, before the consumer hears the end: exactly once, whether the
             # client is still there, streamed, or left.
             if self.billing is not None and run.ticket is not None:
