@@ -94,6 +94,9 @@ class Settings(BaseModel):
     # holds imagegate.db (`imagegate accounts create` makes it); off: static keys only, no database.
     metering: Literal["auto", "on", "off"] = "auto"
     database_url: str = ""  # empty: SQLite in data_dir/imagegate.db; or postgresql+asyncpg://user@host/db
+    # SQLite: how long a write waits for its turn (held by another worker, the CLI, a hung process) before the
+    # request gets 503 database_unavailable.
+    database_write_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     admin_token: str = ""  # guards /admin; empty: the admin API is off
     price_file: Path | None = None  # overrides the shipped price book (billing/prices.toml)
     hold_ttl_seconds: int = Field(3600, ge=60)  # a hold whose server stops heart-beating is released after this

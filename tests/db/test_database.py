@@ -156,6 +156,35 @@ def test_writers_wait_for_the_file_lock_another_process_holds(tmp_path):
     asyncio.run(main())
 
 
+def test_a_writer_that_gets_no_turn_in_time_hears_database_is_locked_and_its_write_never_runs(tmp_path):
+    """A process that hangs holding the lock file stalls nobody for ever: queued writes (and write blocks) fail
+    after the write timeout, as SQLite's own busy timeout would, and those given up on never run later."""
+    url, lock_path = _sqlite(tmp_path)
+
+    async def main():
+        db = Database(url, write_timeout=0.5)
+        try:
+            await db.upgrade()
+            fd = os.open(lock_path, os.O_RDONLY)  # as good as another process: flock is per open file
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                started = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                    await db.run_write(_insert_account, "given up")
+                assert 0.4 < time.monotonic() - started < 5
+                with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                    async with db.write():
+                        raise AssertionError("a block that got no turn must not run")
+            finally:
+                os.close(fd)  # the hung process goes: its lock with it
+            await asyncio.wait_for(db.run_write(_insert_account, "after"), 10)
+            return await db.run_read(_names)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(main()) == ["after"]
+
+
 def test_a_write_block_holds_the_writers_turn_while_it_awaits(tmp_path):
     url, lock_path = _sqlite(tmp_path)
 

@@ -344,3 +344,35 @@ def test_a_settlement_that_fails_through_an_outage_is_charged_later(metered):
     assert (row["status"], row["cost_micro"]) == ("ok", 11_025)
     again = client(metered, key).images.with_raw_response.generate(**LOW, extra_headers={"Idempotency-Key": "outage-1"})
     assert again.headers["idempotent-replayed"] == "true" and again.headers["x-imagegate-cost"] == "0.011025"
+
+
+def test_no_turn_to_write_in_time_is_503_database_unavailable_and_charges_nothing(tmp_path):
+    """SQLite: another process hangs holding the writers' lock file. A request waits database_write_timeout_seconds
+    for its hold, then hears 503 database_unavailable (retryable); nothing runs, nothing is charged, and the hold
+    given up on is never placed afterwards."""
+    import fcntl
+    import os
+
+    from imagegate.db import LOCK_SUFFIX
+
+    with metered_server("sqlite", tmp_path, database_write_timeout_seconds=0.5) as live:
+        key = new_account(live, "acme", "1")
+        fd = os.open(tmp_path / f"test-imagegate.db{LOCK_SUFFIX}", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as exc:
+                client(live, key).images.generate(**LOW)
+            assert time.monotonic() - started < 10
+        finally:
+            os.close(fd)  # the hung process goes, and its lock with it
+        error = exc.value
+        assert error.status_code == 503 and error.code == "database_unavailable" and error.type == "server_error"
+        assert error.response.headers["retry-after"] == "1"
+        assert "retry" in error.message.lower()
+        assert list((live.settings.data_dir / "images").iterdir()) == []
+        raw = client(live, key).images.with_raw_response.generate(**LOW)  # the same request, now that it can
+        assert raw.headers["x-imagegate-cost"] == "0.011025"
+        t = settled(live, "acme")
+        assert t["open_holds"] == 0 and t["settle"] == 11_025 and t["balance"] == 1_000_000 - 11_025
+        assert_books_balance(t)

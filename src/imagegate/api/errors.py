@@ -7,6 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegate.errors import ImagegateError, InvalidRequest, MethodNotAllowed, NotFound, ServerError
@@ -51,6 +53,17 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         return error_response(InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=".".join(loc) or None))
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # A database that failed or did not answer in time (a lock held too long, a dropped connection). Nothing
+        # is charged for it: a hold whose commit went unheard is nobody's, it expires and is released.
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(ServerError(
+            "The gateway's database is unavailable or busy, so the request was refused. Retry shortly.",
+            status=503, code="database_unavailable", headers={"retry-after": "1"},
+        ))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -49,6 +49,10 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any number, the same in every process: serialises concurrent `upgrade` runs against one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x1A6E6A7E
 _SQLITE_READERS = 4
+# How long a write may wait for its turn and run (SQLite): as long as SQLite's own busy timeout. A process that
+# hangs holding the turn (a stuck disk, a `write()` block that never ends) then fails the writes queued behind it
+# with "database is locked", as SQLite would, instead of stalling every request for ever.
+WRITE_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
 
@@ -72,7 +76,7 @@ def resolve_url(database_url: str, data_dir: Path) -> str:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, write_timeout: float = WRITE_TIMEOUT_S) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -85,7 +89,8 @@ class Database:
                 url, connect_args={"timeout": 60}, pool_size=8, max_overflow=8, pool_timeout=60
             )
             _sqlite_setup(self.engine.sync_engine)
-            self._sqlite = _SqliteThreads(parsed.set(drivername="sqlite+pysqlite"), f"{database}{LOCK_SUFFIX}")
+            self._sqlite = _SqliteThreads(parsed.set(drivername="sqlite+pysqlite"), f"{database}{LOCK_SUFFIX}",
+                                          write_timeout)
         else:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=60)
         self._writer = self.engine.execution_options(imagegate_write=True)
@@ -229,7 +234,7 @@ class _WriteJob:
 
 
 def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
-    if not future.cancelled():
+    if not future.done():  # cancelled, or given up on (write_timeout): nobody is waiting
         if outcome[0]:
             future.set_result(outcome[1])
         else:
@@ -239,7 +244,7 @@ def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
 class _SqliteThreads:
     """A sync engine on the SQLite file, with its one writer thread and its reader threads."""
 
-    def __init__(self, url: sa.URL, lock_path: str) -> None:
+    def __init__(self, url: sa.URL, lock_path: str, write_timeout: float = WRITE_TIMEOUT_S) -> None:
         # One connection per thread; each is used by one thread at a time, not always the one that opened it.
         self.engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
                                        pool_size=_SQLITE_READERS + 1, max_overflow=0)
@@ -248,6 +253,7 @@ class _SqliteThreads:
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="imagegate-db-write")
         self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
         self._lock_path = lock_path
+        self.write_timeout = write_timeout
         self._lock_fd: int | None = None  # opened by the writer thread on its first write, used only there
         # The writer thread's connection, kept from one transaction to the next: a pool checkout and its reset per
         # transaction cost more than the transaction's statements.
@@ -259,7 +265,11 @@ class _SqliteThreads:
     async def write(self, fn: Callable[..., T], args: tuple, durable: bool = True) -> T:
         """Queue ``fn`` for the writer thread. Writes that queue up while it is busy go together: one transaction
         (and one fsync, one turn of the file lock) for all of them, each in a savepoint of its own, so that one
-        that raises is undone alone. A caller hears its result only once the whole transaction has committed."""
+        that raises is undone alone. A caller hears its result only once the whole transaction has committed.
+
+        One that has not heard it within ``write_timeout`` gets OperationalError ("database is locked"), and its
+        job, given up on, is not begun any more (one already running may still commit, like any write whose answer
+        was lost)."""
         loop = asyncio.get_running_loop()
         job = _WriteJob(fn, args, loop, loop.create_future(), durable)
         with self._queue_lock:
@@ -267,7 +277,22 @@ class _SqliteThreads:
             first = len(self._queue) == 1
         if first:  # otherwise a drain already queued will take this job too
             self._write_thread.submit(self._drain)
-        return await job.future
+        timer = loop.call_later(self.write_timeout, self._give_up, job.future)
+        try:
+            return await job.future
+        finally:
+            timer.cancel()
+
+    def _give_up(self, future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_exception(self._locked())
+
+    def _locked(self) -> DBAPIError:
+        reason = sqlite3.OperationalError(
+            f"database is locked: no turn to write within {self.write_timeout:g} s (another process, or a write() "
+            f"block, holds {self._lock_path})"
+        )
+        return DBAPIError.instance("BEGIN IMMEDIATE", None, reason, sqlite3.Error)
 
     async def read(self, fn: Callable[..., T], args: tuple) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._read, fn, args)
@@ -275,7 +300,7 @@ class _SqliteThreads:
     def _drain(self) -> None:
         with self._queue_lock:
             jobs, self._queue = self._queue, []
-        jobs = [job for job in jobs if not job.future.cancelled()]  # given up on before it began: never run it
+        jobs = [job for job in jobs if not job.future.done()]  # given up on before it began: never run it
         if not jobs:
             return
         outcomes = self._together(jobs) if len(jobs) > 1 else None
@@ -290,6 +315,8 @@ class _SqliteThreads:
     def _alone(self, job: "_WriteJob") -> tuple[bool, Any]:
         try:
             with self._file_lock(), self._transaction(job.durable) as conn:
+                if job.future.done():  # given up on while it waited for its turn (cancelled, or write_timeout)
+                    return False, asyncio.CancelledError()
                 return True, job.fn(conn, *job.args)
         except BaseException as exc:  # BEGIN, the job or COMMIT failed: none of it happened
             return False, exc
@@ -329,6 +356,9 @@ class _SqliteThreads:
         try:
             with self._file_lock(), self._transaction(any(job.durable for job in jobs)) as conn:
                 for job in jobs:
+                    if job.future.done():  # given up on while it waited for its turn
+                        outcomes.append((False, asyncio.CancelledError()))
+                        continue
                     try:
                         with conn.begin_nested():
                             outcomes.append((True, job.fn(conn, *job.args)))
@@ -372,9 +402,11 @@ class _SqliteThreads:
 
         job = asyncio.wrap_future(self._write_thread.submit(hold), loop=loop)
         try:
-            await asyncio.wait((taken, job), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((taken, job), timeout=self.write_timeout, return_when=asyncio.FIRST_COMPLETED)
             if not taken.done():
-                job.result()  # it failed before the turn began: raise why
+                if job.done():
+                    job.result()  # it failed before the turn began: raise why
+                raise self._locked()  # no turn within write_timeout
             yield
         finally:
             ended.set()
