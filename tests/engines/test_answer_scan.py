@@ -134,8 +134,16 @@ def _text(value):
     return bytes(value).decode("ascii") if isinstance(value, (bytes, memoryview)) else value
 
 
-@pytest.mark.parametrize("bad", [b"QU\nJD", "QUJ\u00e9".encode(), b"QU\x00JD", b"QU\x7fJD"])
+@pytest.mark.parametrize("bad", [b"QU\nJD", "QUJ\u00e9".encode(), b"QU\x00JD", b"QU\x1fJD", b"QU\x80JD",
+                                 b"QU\xffJD"])
 def test_base64_with_raw_control_or_non_ascii_bytes_is_refused(bad):
     # Such bytes would be spliced into our own answer as they are and break its JSON.
     with pytest.raises(ValueError, match="base64 never has"):
         _scan(b'{"data":[{"b64_json":"' + bad + b'"}]}', [])
+
+
+def test_printable_ascii_that_is_no_base64_passes_as_the_upstream_sent_it():
+    # Spliced as it is, it keeps our answer valid JSON (DEL included: JSON forbids only U+0000-U+001F raw); what
+    # the image decodes to stays the upstream's business, as with any other corrupt base64.
+    doc = _scan(b'{"data":[{"b64_json":"QU !\x7fJD"}]}', [])[1]
+    assert _text(doc) == {"data": [{"b64_json": "QU !\x7fJD"}]}

@@ -132,7 +132,7 @@ class OpenAICompatEngine(RelayEngine):
         handed = 0
         try:
             try:
-                async for chunk in response.content.iter_any():
+                async for chunk, _ in response.content.iter_chunks():
                     scanner.feed(chunk)
                     while hand_over and handed < min(job.n, len(scanner.images)) and scanner.images[handed].head_ready:
                         done = self._arriving(job, handed, scanner.images[handed])
