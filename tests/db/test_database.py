@@ -381,3 +381,25 @@ def test_a_durable_write_after_a_failed_unsynced_one_is_synced(tmp_path, kind):
             assert await db.run_write(_synchronous) == 2
 
     asyncio.run(main())
+
+
+def test_a_write_that_has_begun_is_waited_for_past_the_write_timeout(tmp_path):
+    """The timeout is for the wait for a turn: a transaction that takes longer than it still reports its outcome,
+    so a caller never hears "failed" about a write that then commits."""
+    url, _ = _sqlite(tmp_path)
+
+    def slow_insert(conn, name: str) -> str:
+        time.sleep(0.8)
+        _insert_account(conn, name)
+        return name
+
+    async def main():
+        db = Database(url, write_timeout=0.3)
+        try:
+            await db.upgrade()
+            assert await db.run_write(slow_insert, "slow") == "slow"
+            return await db.run_read(_names)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(main()) == ["slow"]

@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -54,11 +54,13 @@ def install(app: FastAPI) -> None:
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         return error_response(InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=".".join(loc) or None))
 
-    @app.exception_handler(DBAPIError)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
     @app.exception_handler(PoolTimeout)
     async def _database(request: Request, exc: Exception) -> JSONResponse:
-        # A database that failed or did not answer in time (a lock held too long, a dropped connection). Nothing
-        # is charged for it: a hold whose commit went unheard is nobody's, it expires and is released.
+        # A database that is away or busy (a lock held too long, a dropped connection, no pooled connection in
+        # time), not one that refused what we asked (those stay 500s: retrying cannot help). Nothing is charged
+        # for it: a hold whose commit went unheard is nobody's, it expires and is released.
         log.error("database error on %s %s: %s", request.method, request.url.path, exc)
         return error_response(ServerError(
             "The gateway's database is unavailable or busy, so the request was refused. Retry shortly.",

@@ -322,8 +322,9 @@ class Billing:
         for attempt in range(3):
             try:
                 return await call()
-            # A dropped connection, a lock timeout: the transaction rolled back whole. A pool timeout: it never
-            # began. An IntegrityError is no accident of timing, trying again cannot help.
+            # A dropped connection, the database's lock timeout: the transaction rolled back whole. A pool timeout,
+            # our own write timeout (no turn to write): it never began. An IntegrityError is no accident of timing,
+            # trying again cannot help.
             except (DBAPIError, PoolTimeout) as exc:
                 if attempt == 2 or isinstance(exc, IntegrityError):
                     raise

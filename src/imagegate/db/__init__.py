@@ -137,7 +137,12 @@ class Database:
                 yield conn
 
     async def upgrade(self) -> None:
-        await self.run_write(_alembic_upgrade)
+        if self._sqlite is None:
+            await self.run_write(_alembic_upgrade)
+        else:
+            # Another process may be migrating the same file: wait for it however long that takes (the write
+            # timeout is for requests).
+            await self._sqlite.write(_alembic_upgrade, (), patient=True)
 
     async def revision(self) -> str | None:
         """The schema revision the database is at (None: not created yet)."""
@@ -231,6 +236,7 @@ class _WriteJob:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     durable: bool = True
+    started: bool = False  # its transaction has begun: it is no longer given up on (see _SqliteThreads.write)
 
 
 def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
@@ -262,14 +268,14 @@ class _SqliteThreads:
         self._queue: list[_WriteJob] = []  # writes waiting for the writer thread's next transaction
         self._queue_lock = threading.Lock()
 
-    async def write(self, fn: Callable[..., T], args: tuple, durable: bool = True) -> T:
+    async def write(self, fn: Callable[..., T], args: tuple, durable: bool = True, *, patient: bool = False) -> T:
         """Queue ``fn`` for the writer thread. Writes that queue up while it is busy go together: one transaction
         (and one fsync, one turn of the file lock) for all of them, each in a savepoint of its own, so that one
         that raises is undone alone. A caller hears its result only once the whole transaction has committed.
 
-        One that has not heard it within ``write_timeout`` gets OperationalError ("database is locked"), and its
-        job, given up on, is not begun any more (one already running may still commit, like any write whose answer
-        was lost)."""
+        One whose transaction has not begun within ``write_timeout`` (the turn is held elsewhere) gets
+        OperationalError ("database is locked"), and its job, given up on, never runs; one that has begun is waited
+        for. ``patient``: no time limit."""
         loop = asyncio.get_running_loop()
         job = _WriteJob(fn, args, loop, loop.create_future(), durable)
         with self._queue_lock:
@@ -277,15 +283,26 @@ class _SqliteThreads:
             first = len(self._queue) == 1
         if first:  # otherwise a drain already queued will take this job too
             self._write_thread.submit(self._drain)
-        timer = loop.call_later(self.write_timeout, self._give_up, job.future)
+        if patient:
+            return await job.future
+        timer = loop.call_later(self.write_timeout, self._give_up, job)
         try:
             return await job.future
         finally:
             timer.cancel()
 
-    def _give_up(self, future: asyncio.Future) -> None:
-        if not future.done():
-            future.set_exception(self._locked())
+    def _give_up(self, job: _WriteJob) -> None:
+        with self._queue_lock:  # against _begin_job: a job is either begun or given up on, never both
+            if not job.started and not job.future.done():
+                job.future.set_exception(self._locked())
+
+    def _begin_job(self, job: _WriteJob) -> bool:
+        """On the writer thread, inside the job's transaction: whether to run it (not cancelled, not given up on)."""
+        with self._queue_lock:
+            if job.future.done():
+                return False
+            job.started = True
+            return True
 
     def _locked(self) -> DBAPIError:
         reason = sqlite3.OperationalError(
@@ -315,7 +332,7 @@ class _SqliteThreads:
     def _alone(self, job: "_WriteJob") -> tuple[bool, Any]:
         try:
             with self._file_lock(), self._transaction(job.durable) as conn:
-                if job.future.done():  # given up on while it waited for its turn (cancelled, or write_timeout)
+                if not self._begin_job(job):  # given up on while it waited for its turn
                     return False, asyncio.CancelledError()
                 return True, job.fn(conn, *job.args)
         except BaseException as exc:  # BEGIN, the job or COMMIT failed: none of it happened
@@ -356,7 +373,7 @@ class _SqliteThreads:
         try:
             with self._file_lock(), self._transaction(any(job.durable for job in jobs)) as conn:
                 for job in jobs:
-                    if job.future.done():  # given up on while it waited for its turn
+                    if not self._begin_job(job):  # given up on while it waited for its turn
                         outcomes.append((False, asyncio.CancelledError()))
                         continue
                     try:
