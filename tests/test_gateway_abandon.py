@@ -37,15 +37,23 @@ class HandsOverAStream:
         return None
 
 
+async def _relay_request(prompt: str):
+    """A validated generation for the stand-in relay engine."""
+    request = await validate_request(
+        RawRequest("generate", {"model": "gpt-image-1", "prompt": prompt, "size": "1024x1024"}), load_catalog(),
+        max_input_pixels=10**8, max_image_bytes=10**8)
+    job = request.job
+    return replace(request, job=replace(job, model=replace(job.model, engine="relay")))
+
+
+def _storage(tmp_path) -> LocalStorage:
+    return LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
+
+
 def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tmp_path):
     async def main():
-        catalog = load_catalog()
-        request = await validate_request(
-            RawRequest("generate", {"model": "gpt-image-1", "prompt": "late", "size": "1024x1024"}), catalog,
-            max_input_pixels=10**8, max_image_bytes=10**8)
-        job = request.job
-        request = replace(request, job=replace(job, model=replace(job.model, engine="relay")))
-        storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
+        request = await _relay_request("late")
+        storage = _storage(tmp_path)
         gateway = Gateway(engines={"relay": HandsOverAStream()}, storage=storage)
         run = gateway.start(request)
         result = await run.wait()  # the run ends: nothing stored, the answer is still being written
@@ -79,13 +87,8 @@ class SlowToSettle:
 
 def test_a_client_that_leaves_while_its_run_settles_keeps_its_images(tmp_path):
     async def main():
-        catalog = load_catalog()
-        request = await validate_request(
-            RawRequest("generate", {"model": "gpt-image-1", "prompt": "settling", "size": "1024x1024"}), catalog,
-            max_input_pixels=10**8, max_image_bytes=10**8)
-        job = request.job
-        request = replace(request, job=replace(job, model=replace(job.model, engine="relay")))
-        storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
+        request = await _relay_request("settling")
+        storage = _storage(tmp_path)
         billing = SlowToSettle()
         gateway = Gateway(engines={"relay": HandsOverAStream()}, storage=storage, billing=billing)  # type: ignore[arg-type]
         run = gateway.start(request, ticket=object())  # type: ignore[arg-type]
