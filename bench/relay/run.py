@@ -304,6 +304,9 @@ litellm_settings:
             results[name] = {
                 "rps_16": statistics.median(r["rps_16"] for r in runs),
                 "p50_ms_1": statistics.median(r["p50_ms_1"] for r in runs),
+                # Noise on a shared host only ever slows a contender down: the best round is what it can do.
+                "rps_16_best": max(r["rps_16"] for r in runs),
+                "p50_ms_1_best": min(r["p50_ms_1"] for r in runs),
                 "errors_16": sum(r["errors_16"] for r in runs),
                 "rss_mb": rss_mb(children(proc.pid)),
                 "rounds": runs,
@@ -318,18 +321,19 @@ litellm_settings:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    def ratio(mine: dict, theirs: dict) -> str:
+        return (f"req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}"
+                f"  (best rounds: x{mine['rps_16_best'] / theirs['rps_16_best']:.2f}, "
+                f"x{mine['p50_ms_1_best'] / theirs['p50_ms_1_best']:.2f})")
+
     if "nginx" in results:
         for name, theirs in results.items():
             if name != "nginx":
-                print(f"{name} / nginx: req/s x{theirs['rps_16'] / results['nginx']['rps_16']:.2f}, "
-                      f"p50 x{theirs['p50_ms_1'] / results['nginx']['p50_ms_1']:.2f}")
+                print(f"{name} / nginx: {ratio(theirs, results['nginx'])}")
     if "imagegate" in results:
-        mine = results["imagegate"]
         for other in ("litellm", "floor", "floor-buffered", "imagegate-buffered"):
             if other in results:
-                theirs = results[other]
-                print(f"imagegate / {other}: req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, "
-                      f"p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}")
+                print(f"imagegate / {other}: {ratio(results['imagegate'], results[other])}")
     Path(args.out).write_text(json.dumps({"payload_bytes": len(body), "imagegate_metered": args.metered,
                                                    "workers": args.workers, "results": results}, indent=2) + "\n")
     return 0
