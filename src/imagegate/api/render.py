@@ -137,8 +137,8 @@ _SPLICE_NONCE = secrets.token_hex(8)
 
 
 class JSONText:
-    """Bytes that already are a JSON string's content (base64: printable ASCII, no quote or backslash), spliced
-    into the answer as they are."""
+    """Bytes that already are a JSON string's content (base64: ASCII without control characters, quotes or
+    backslashes), spliced into the answer as they are."""
 
     __slots__ = ("content",)
 

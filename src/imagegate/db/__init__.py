@@ -49,9 +49,9 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any number, the same in every process: serialises concurrent `upgrade` runs against one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x1A6E6A7E
 _SQLITE_READERS = 4
-# How long a write may wait for its turn and run (SQLite): as long as SQLite's own busy timeout. A process that
-# hangs holding the turn (a stuck disk, a `write()` block that never ends) then fails the writes queued behind it
-# with "database is locked", as SQLite would, instead of stalling every request for ever.
+# How long a write may wait for its turn (SQLite): as long as SQLite's own busy timeout. A process that hangs
+# holding the turn (a stuck disk, a `write()` block that never ends) then fails the writes queued behind it with
+# "database is locked", as SQLite would, instead of stalling every request for ever.
 WRITE_TIMEOUT_S = 60.0
 
 T = TypeVar("T")

@@ -6,9 +6,9 @@ revised prompts); each ``b64_json`` string goes into a :class:`Base64Stream` as 
 an image before its last byte has arrived, and never holds a second copy of it.
 
 The base64 is checked as it passes, with the same rule as the buffered path: it must be a valid JSON string's
-content on its own (printable ASCII, no quote, no backslash), because it is spliced into our answer unparsed.
-Escaped base64 characters (``\\/``: PHP's default; ``\\u002B``: .NET's) are unescaped; a data-URL prefix is
-dropped.
+content on its own (ASCII without control characters, quotes or backslashes), because it is spliced into our
+answer unparsed. Escaped base64 characters (``\\/``: PHP's default; ``\\u002B``: .NET's) are unescaped; a
+data-URL prefix is dropped.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class PartialImage:
 
 
 class Base64Stream:
-    """An image's base64 while an upstream still sends it: pieces of printable ASCII without quotes or
+    """An image's base64 while an upstream still sends it: pieces of ASCII without control characters, quotes or
     backslashes (a JSON string's content as it is), in order. The relay appends and closes it, or fails it; a
     reader takes the pieces as they come and hears the failure. Readers never wait on the writer's pace: the relay
     reads the upstream whether anyone follows or not."""
