@@ -82,6 +82,25 @@ def test_image_is_forwarded_while_it_arrives(faults, tmp_path):
         assert books["settle"] == PRICE and books["balance"] == 1_000_000 - PRICE
 
 
+def test_a_compressed_answer_is_forwarded_while_it_arrives_too(faults, tmp_path):
+    # Upstreams (OpenAI's among them) may gzip their answers: the relay reads them unpacked, as they arrive.
+    import gzip
+
+    body, _ = _answer()
+    packed = gzip.compress(body)
+    faults.default = Reply(200, packed, headers={"content-encoding": "gzip"}, pause_at=len(packed) // 2, pause_s=0.4)
+    with metered_server("sqlite", tmp_path, channels=(_channel(faults),)) as live:
+        key = new_account(live, "acme", "1")
+        raw = client(live, key).images.with_raw_response.generate(**BODY)
+        assert "x-imagegate-quote" in raw.headers and "x-imagegate-cost" not in raw.headers  # streamed through
+        result = raw.parse()
+        assert base64.b64decode(result.data[0].b64_json) == IMAGE
+        assert result.usage.output_tokens == 272
+        books = settled(live, "acme")
+        assert_books_balance(books)
+        assert books["settle"] == PRICE
+
+
 def test_several_images_follow_each_other_in_one_answer(faults, tmp_path):
     head = b'{"created": 1, "data": [{"b64_json": "'
     body = head + B64 + b'"}, {"b64_json": "' + B64 + b'"}], "usage": ' + json.dumps(USAGE).encode() + b"}"
