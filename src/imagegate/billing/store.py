@@ -473,7 +473,8 @@ class BillingStore:
     async def open_usage(self, meta: UsageMeta, *, idem: tuple[str, str, str] | None = None) -> int:
         """An unmetered request (static key) in the usage log, with its idempotency claim."""
         try:
-            return await self.db.run_write(self._open_claimed_usage, meta, idem, time.time())
+            # Not durable, as a hold: after a power cut there is no request left for the row to follow.
+            return await self.db.run_write(self._open_claimed_usage, meta, idem, time.time(), durable=False)
         except IntegrityError:
             if idem is not None:
                 raise IdempotencyTaken() from None
