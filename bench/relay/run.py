@@ -115,9 +115,23 @@ def rss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
 def children(pid: int) -> list[int]:
+    """The process and all its descendants (a server's workers, and theirs)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [pid] + [int(p) for p in out]
+    return [pid] + [p for child in out for p in children(int(child))]
 
 
 def wrk(url: str, connections: int, duration: int, workdir: Path, key: str = KEY) -> dict:
@@ -295,16 +309,23 @@ litellm_settings:
                 busy = wrk(url, 16, args.duration, workdir, key)
                 os.sync()
                 time.sleep(1)
+                # The server's own CPU time per request at one connection: steadier than rates on a noisy host,
+                # and what the relay's overhead is.
+                pids = children(proc.pid)
+                before = cpu_seconds(pids)
                 idle = wrk(url, 1, args.duration, workdir, key)
-                samples[name].append({"rps_16": busy["rps"], "errors_16": busy["errors"], "p50_ms_1": idle["p50_ms"]})
+                cpu_ms = (cpu_seconds(pids) - before) * 1000 / max(idle["requests"], 1)
+                samples[name].append({"rps_16": busy["rps"], "errors_16": busy["errors"], "p50_ms_1": idle["p50_ms"],
+                                      "cpu_ms_1": cpu_ms})
                 print(f"round {round_ + 1}: {name:10s} {busy['rps']:8.1f} req/s @16  p50 {idle['p50_ms']:7.1f} ms @1  "
-                      f"errors {busy['errors']}", flush=True)
+                      f"CPU {cpu_ms:5.2f} ms/request @1  errors {busy['errors']}", flush=True)
         for name, (url, proc) in targets.items():
             runs = samples[name]
             results[name] = {
                 "rps_16": statistics.median(r["rps_16"] for r in runs),
                 "p50_ms_1": statistics.median(r["p50_ms_1"] for r in runs),
                 # Noise on a shared host only ever slows a contender down: the best round is what it can do.
+                "cpu_ms_1": statistics.median(r["cpu_ms_1"] for r in runs),
                 "rps_16_best": max(r["rps_16"] for r in runs),
                 "p50_ms_1_best": min(r["p50_ms_1"] for r in runs),
                 "errors_16": sum(r["errors_16"] for r in runs),
@@ -312,7 +333,8 @@ litellm_settings:
                 "rounds": runs,
             }
             print(f"{name:10s} {results[name]['rps_16']:8.1f} req/s @16  p50 {results[name]['p50_ms_1']:7.1f} ms @1  "
-                  f"RSS {results[name]['rss_mb']:6.1f} MB  (medians of {len(runs)} rounds)", flush=True)
+                  f"CPU {results[name]['cpu_ms_1']:5.2f} ms/request  RSS {results[name]['rss_mb']:6.1f} MB  "
+                  f"(medians of {len(runs)} rounds)", flush=True)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -322,7 +344,8 @@ litellm_settings:
             except subprocess.TimeoutExpired:
                 proc.kill()
     def ratio(mine: dict, theirs: dict) -> str:
-        return (f"req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}"
+        return (f"req/s x{mine['rps_16'] / theirs['rps_16']:.2f}, p50 x{mine['p50_ms_1'] / theirs['p50_ms_1']:.2f}, "
+                f"CPU x{mine['cpu_ms_1'] / theirs['cpu_ms_1']:.2f}"
                 f"  (best rounds: x{mine['rps_16_best'] / theirs['rps_16_best']:.2f}, "
                 f"x{mine['p50_ms_1_best'] / theirs['p50_ms_1_best']:.2f})")
 
