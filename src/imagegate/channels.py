@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from pydantic import ValidationError
 
 from imagegate.catalog import Catalog
@@ -67,17 +68,33 @@ class ChannelStore:
 
         return await self.db.run_read(read)
 
-    async def put(self, config: ChannelConfig) -> None:
+    async def add(self, config: ChannelConfig) -> bool:
+        """Store a new channel; False if one of that name is stored already (by any process)."""
         stored = json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
 
         def write(conn) -> None:
-            now = time.time()
-            done = conn.execute(sa.update(channels_table).where(channels_table.c.name == config.name)
-                                .values(config=stored, updated_at=now))
-            if done.rowcount == 0:
-                conn.execute(sa.insert(channels_table).values(name=config.name, config=stored, updated_at=now))
+            conn.execute(sa.insert(channels_table).values(name=config.name, config=stored, updated_at=time.time()))
 
-        await self.db.run_write(write)
+        try:
+            await self.db.run_write(write)
+        except IntegrityError:  # the name is the table's key
+            return False
+        return True
+
+    async def update(self, name: str, change: Callable[[dict[str, Any]], ChannelConfig]) -> ChannelConfig | None:
+        """Replace a stored channel with ``change(what is stored)``, read and written in one transaction, so that
+        a change made meanwhile by another process is neither lost nor brought back; None if none is stored."""
+
+        def write(conn) -> ChannelConfig | None:
+            row = conn.execute(sa.select(channels_table.c.config).where(channels_table.c.name == name)).first()
+            if row is None:
+                return None
+            config = change(json.loads(row.config))
+            conn.execute(sa.update(channels_table).where(channels_table.c.name == name).values(
+                config=json.dumps(config.model_dump(mode="json"), separators=(",", ":")), updated_at=time.time()))
+            return config
+
+        return await self.db.run_write(write)
 
     async def delete(self, name: str) -> bool:
         def write(conn) -> bool:

@@ -7,13 +7,12 @@ import time
 
 import pytest
 
-from tests.billing.live import admin, backend, client, new_account, start_metered  # noqa: F401  (fixture)
+from tests.billing.live import admin, backend, client, metered_server, new_account, start_metered  # noqa: F401
 from tests.db.backends import fresh_url
 from tests.fault_upstream import FaultUpstream
 from tests.imaging_helpers import decode_b64
 
 LOW = {"model": "gpt-image-1", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"}
-
 
 
 def _generations(faults: FaultUpstream) -> int:
@@ -100,24 +99,17 @@ def test_stored_channels_survive_a_restart(backend, faults, tmp_path, monkeypatc
      "Extra inputs are not permitted"),
 ])
 def test_a_bad_channel_is_refused_naming_the_field(backend, tmp_path, body, param, says):
-    url, drop = fresh_url(backend, tmp_path)
-    live = start_metered(tmp_path / "a", url)
-    try:
+    with metered_server(backend, tmp_path) as live:
         answer = admin(live, "POST", "/channels", json=body)
         error = answer.json()["error"]
         assert answer.status_code == 400 and error["param"] == param and says in error["message"]
         assert error["type"] == "invalid_request_error"
         assert admin(live, "GET", "/channels").json()["data"] == []
-    finally:
-        live.stop()
-        drop()
 
 
 def test_config_file_channels_are_listed_but_changed_only_in_the_file(backend, faults, tmp_path):
-    url, drop = fresh_url(backend, tmp_path)
     fixed = {"name": "file", "base_url": faults.base_url, "api_key": "sk-file-key-98765", "models": ["dall-e-2"]}
-    live = start_metered(tmp_path / "a", url, channels=(fixed,))
-    try:
+    with metered_server(backend, tmp_path, channels=(fixed,)) as live:
         listed = admin(live, "GET", "/channels").json()["data"]
         assert [(c["name"], c["source"], c["api_key"]) for c in listed] == [("file", "config", "sk-fil...8765")]
         for method, path, body in (("PATCH", "/channels/file", {"weight": 2}), ("DELETE", "/channels/file", None),
@@ -129,6 +121,28 @@ def test_config_file_channels_are_listed_but_changed_only_in_the_file(backend, f
         assert duplicate.status_code == 409 and duplicate.json()["error"]["code"] == "channel_exists"
         renamed = admin(live, "PATCH", "/channels/other", json={"name": "third"})
         assert renamed.status_code == 400 and renamed.json()["error"]["param"] == "name"
+
+
+def test_changes_go_by_the_database_not_by_what_this_server_has_loaded(backend, faults, tmp_path):
+    """Another server's channel, not yet followed here (long heartbeat): adding its name again is refused, and it
+    can be changed and removed from here; a change never brings back a channel removed meanwhile."""
+    url, drop = fresh_url(backend, tmp_path)
+    first = start_metered(tmp_path / "a", url, heartbeat_interval_seconds=120)
+    second = start_metered(tmp_path / "b", url, heartbeat_interval_seconds=120)
+    body = {"name": "up", "base_url": faults.base_url, "api_key": "sk-upstream-1234", "models": ["gpt-image-1"]}
+    try:
+        assert admin(first, "POST", "/channels", json=body).status_code == 201
+        assert admin(second, "GET", "/channels").json()["data"] == []  # not followed yet
+        again = admin(second, "POST", "/channels", json=body)
+        assert again.status_code == 409 and again.json()["error"]["code"] == "channel_exists"
+        changed = admin(second, "PATCH", "/channels/up", json={"weight": 3})
+        assert changed.status_code == 200 and changed.json()["weight"] == 3
+        assert changed.json()["api_key"] == "sk-ups...1234"  # merged with what is stored, not with nothing
+        assert admin(first, "DELETE", "/channels/up").status_code == 200
+        late = admin(second, "PATCH", "/channels/up", json={"weight": 4})
+        assert late.status_code == 404 and late.json()["error"]["code"] == "channel_not_found"
+        assert admin(first, "GET", "/channels").json()["data"] == []
     finally:
-        live.stop()
+        first.stop()
+        second.stop()
         drop()

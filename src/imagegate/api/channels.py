@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends, Request
 from imagegate.api.admin import require_admin
 from imagegate.api.auth import redact
 from imagegate.api.wire import json_body
-from imagegate.channels import ChannelError, ChannelSet, ChannelStore, parse_channel, reload_channels
-from imagegate.errors import Conflict, ImagegateError, InvalidRequest, InvalidType, NotFound
+from imagegate.catalog import Catalog
+from imagegate.channels import ChannelConfig, ChannelError, ChannelSet, ChannelStore, parse_channel, reload_channels
+from imagegate.errors import Conflict, ImagegateError, InvalidRequest, NotFound
 
 router = APIRouter(prefix="/admin/channels", dependencies=[Depends(require_admin)])
 
@@ -38,13 +39,11 @@ def _one(request: Request, name: str) -> dict[str, Any]:
     return next(c for c in _described(request) if c["name"] == name)
 
 
-async def _save(request: Request, raw: dict[str, Any]) -> None:
+def _parsed(catalog: Catalog, raw: dict[str, Any]) -> ChannelConfig:
     try:
-        given, _ = parse_channel(raw, request.app.state.channels.base_catalog)
+        return parse_channel(raw, catalog)[0]
     except ChannelError as exc:
         raise InvalidRequest(f"{exc}.", param=exc.field) from None
-    await _store(request).put(given)
-    await reload_channels(request.app.state, _store(request))
 
 
 def _fixed(request: Request, name: str) -> None:
@@ -52,11 +51,8 @@ def _fixed(request: Request, name: str) -> None:
         raise Conflict(f"Channel '{name}' comes from the config file; change it there.", code="channel_in_config_file")
 
 
-async def _object(request: Request) -> dict[str, Any]:
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidType("The body must be a JSON object of channel fields.")
-    return body
+def _missing(name: str) -> NotFound:
+    return NotFound(f"No channel named '{name}' was added through the API.", code="channel_not_found")
 
 
 @router.get("")
@@ -66,34 +62,35 @@ async def list_channels(request: Request) -> Any:
 
 @router.post("", status_code=201)
 async def add_channel(request: Request) -> Any:
-    raw = await _object(request)
-    name = raw.get("name")
-    if isinstance(name, str):
-        _fixed(request, name)
-        if name in request.app.state.channels.admin:
-            raise Conflict(f"A channel named '{name}' exists; PATCH /admin/channels/{name} changes it.",
-                           code="channel_exists")
-    await _save(request, raw)
-    return _one(request, raw["name"])
+    given = _parsed(request.app.state.channels.base_catalog, await json_body(request))
+    _fixed(request, given.name)
+    store = _store(request)
+    if not await store.add(given):
+        raise Conflict(f"A channel named '{given.name}' exists; PATCH /admin/channels/{given.name} changes it.",
+                       code="channel_exists")
+    await reload_channels(request.app.state, store)
+    return _one(request, given.name)
 
 
 @router.patch("/{name}")
 async def change_channel(name: str, request: Request) -> Any:
     _fixed(request, name)
-    current = request.app.state.channels.admin.get(name)
-    if current is None:
-        raise NotFound(f"No channel named '{name}' was added through the API.", code="channel_not_found")
-    changes = await _object(request)
+    changes = await json_body(request)
     if changes.get("name", name) != name:
         raise InvalidRequest("A channel cannot be renamed; add one under the new name.", param="name")
-    await _save(request, {**current.model_dump(mode="json"), **changes})
+    store = _store(request)
+    catalog = request.app.state.channels.base_catalog
+    if await store.update(name, lambda stored: _parsed(catalog, {**stored, **changes})) is None:
+        raise _missing(name)
+    await reload_channels(request.app.state, store)
     return _one(request, name)
 
 
 @router.delete("/{name}")
 async def remove_channel(name: str, request: Request) -> Any:
     _fixed(request, name)
-    if not await _store(request).delete(name):
-        raise NotFound(f"No channel named '{name}' was added through the API.", code="channel_not_found")
-    await reload_channels(request.app.state, _store(request))
+    store = _store(request)
+    if not await store.delete(name):
+        raise _missing(name)
+    await reload_channels(request.app.state, store)
     return {"name": name, "deleted": True}
