@@ -87,3 +87,33 @@ def test_an_unknown_price_group_is_refused():
     with pytest.raises(ServerError) as exc:
         billing.quote(request(), payer)
     assert exc.value.code == "price_group_missing"
+
+
+@pytest.mark.parametrize("orig,tries", [
+    ("dropped", 3),  # a dropped connection: tried again at once (a pause between)
+    ("no_turn", 1),  # the turn was held elsewhere for the whole write timeout: left to the background tries
+    ("bad_sql", 1),  # a statement the database refuses fails the same way again
+])
+def test_a_settlement_is_tried_again_at_once_only_when_that_can_help(orig, tries, monkeypatch):
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    from imagegate.db import NoTurnToWrite
+
+    monkeypatch.setattr(asyncio, "sleep", lambda _seconds: _no_wait())  # the pauses between tries
+    reason = {"dropped": sqlite3.OperationalError("disk I/O error"), "no_turn": NoTurnToWrite("database is locked"),
+              "bad_sql": sqlite3.ProgrammingError("no such column")}[orig]
+    calls = []
+
+    async def attempt():
+        calls.append(1)
+        raise DBAPIError.instance("UPDATE holds", None, reason, sqlite3.Error)
+
+    with pytest.raises(DBAPIError):
+        asyncio.run(Billing._retry(attempt))
+    assert len(calls) == tries
+
+
+async def _no_wait() -> None:
+    return None

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from imagegate.db import LOCK_SUFFIX, Database, opened
+from imagegate.db import LOCK_SUFFIX, Database, no_turn_to_write, opened
 from imagegate.db.schema import accounts
 from tests.db.backends import fresh_url, open_store
 from tests.db.test_ledger import check_invariants
@@ -162,16 +162,14 @@ def test_a_writer_that_gets_no_turn_in_time_hears_database_is_locked_and_its_wri
     url, lock_path = _sqlite(tmp_path)
 
     async def main():
-        db = Database(url, write_timeout=0.5)
-        try:
-            await db.upgrade()
+        async with opened(url, write_timeout=0.5) as db:
             fd = os.open(lock_path, os.O_RDONLY)  # as good as another process: flock is per open file
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 started = time.monotonic()
-                with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                with pytest.raises(sa.exc.OperationalError, match="database is locked") as given_up:
                     await db.run_write(_insert_account, "given up")
-                assert 0.4 < time.monotonic() - started < 5
+                assert 0.4 < time.monotonic() - started < 5 and no_turn_to_write(given_up.value)
                 with pytest.raises(sa.exc.OperationalError, match="database is locked"):
                     async with db.write():
                         raise AssertionError("a block that got no turn must not run")
@@ -179,8 +177,6 @@ def test_a_writer_that_gets_no_turn_in_time_hears_database_is_locked_and_its_wri
                 os.close(fd)  # the hung process goes: its lock with it
             await asyncio.wait_for(db.run_write(_insert_account, "after"), 10)
             return await db.run_read(_names)
-        finally:
-            await db.dispose()
 
     assert asyncio.run(main()) == ["after"]
 
@@ -394,12 +390,8 @@ def test_a_write_that_has_begun_is_waited_for_past_the_write_timeout(tmp_path):
         return name
 
     async def main():
-        db = Database(url, write_timeout=0.3)
-        try:
-            await db.upgrade()
+        async with opened(url, write_timeout=0.3) as db:
             assert await db.run_write(slow_insert, "slow") == "slow"
             return await db.run_read(_names)
-        finally:
-            await db.dispose()
 
     assert asyncio.run(main()) == ["slow"]

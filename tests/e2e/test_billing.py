@@ -369,7 +369,6 @@ def test_no_turn_to_write_in_time_is_503_database_unavailable_and_charges_nothin
         error = exc.value
         assert error.status_code == 503 and error.code == "database_unavailable" and error.type == "server_error"
         assert error.response.headers["retry-after"] == "1"
-        assert "retry" in error.message.lower()
         assert list((live.settings.data_dir / "images").iterdir()) == []
         raw = client(live, key).images.with_raw_response.generate(**LOW)  # the same request, now that it can
         assert raw.headers["x-imagegate-cost"] == "0.011025"

@@ -7,10 +7,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imagegate.db import TRANSIENT_ERRORS
 from imagegate.errors import ImagegateError, InvalidRequest, MethodNotAllowed, NotFound, ServerError
 
 log = logging.getLogger("imagegate.api")
@@ -54,18 +53,17 @@ def install(app: FastAPI) -> None:
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         return error_response(InvalidRequest(f"Invalid request: {first.get('msg', 'bad input')}.", param=".".join(loc) or None))
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(PoolTimeout)
     async def _database(request: Request, exc: Exception) -> JSONResponse:
-        # A database that is away or busy (a lock held too long, a dropped connection, no pooled connection in
-        # time), not one that refused what we asked (those stay 500s: retrying cannot help). Nothing is charged
-        # for it: a hold whose commit went unheard is nobody's, it expires and is released.
+        # A database away or busy, not one that refused what we asked (those stay 500s: retrying cannot help).
+        # Nothing is charged for it: a hold whose commit went unheard is nobody's, it expires and is released.
         log.error("database error on %s %s: %s", request.method, request.url.path, exc)
         return error_response(ServerError(
             "The gateway's database is unavailable or busy, so the request was refused. Retry shortly.",
             status=503, code="database_unavailable", headers={"retry-after": "1"},
         ))
+
+    for transient in TRANSIENT_ERRORS:
+        app.add_exception_handler(transient, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -20,14 +20,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-
 from imagegate.billing import pricing
 from imagegate.billing.prices import ModelPrice, PriceBook
 from imagegate.billing.pricing import Cost
 from imagegate.billing.store import BillingStore, IdempotencyRecord, UsageMeta
 from imagegate.catalog.tokens import Usage
+from imagegate.db import TRANSIENT_ERRORS, no_turn_to_write
 from imagegate.errors import Conflict, ImagegateError, InsufficientQuota, PermissionDenied, ServerError
 
 if TYPE_CHECKING:
@@ -322,11 +320,11 @@ class Billing:
         for attempt in range(3):
             try:
                 return await call()
-            # A dropped connection, the database's lock timeout: the transaction rolled back whole. A pool timeout,
-            # our own write timeout (no turn to write): it never began. An IntegrityError is no accident of timing,
-            # trying again cannot help.
-            except (DBAPIError, PoolTimeout) as exc:
-                if attempt == 2 or isinstance(exc, IntegrityError):
+            # The database away or busy: the transaction never began or rolled back whole. Other errors would fail
+            # the same way again; and a turn to write that another process held for the whole write timeout is not
+            # worth waiting for twice more here (the background tries take over).
+            except TRANSIENT_ERRORS as exc:
+                if attempt == 2 or no_turn_to_write(exc):
                     raise
                 log.warning("settlement hit a database error; retrying", exc_info=True)
                 await asyncio.sleep(0.2 * (attempt + 1))

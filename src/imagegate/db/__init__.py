@@ -38,7 +38,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imagegate.config import ConfigError
@@ -53,6 +54,18 @@ _SQLITE_READERS = 4
 # holding the turn (a stuck disk, a `write()` block that never ends) then fails the writes queued behind it with
 # "database is locked", as SQLite would, instead of stalling every request for ever.
 WRITE_TIMEOUT_S = 60.0
+# A database that is away or busy (a dropped connection, a lock held too long, no pooled connection in time): the
+# transaction never began or rolled back whole, and the same request may succeed later. Anything else (a taken key,
+# a bad statement) fails the same way again.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+
+
+class NoTurnToWrite(sqlite3.OperationalError):
+    """SQLite: the turn to write was held elsewhere for the whole write timeout; the write never began."""
+
+
+def no_turn_to_write(exc: BaseException) -> bool:
+    return isinstance(getattr(exc, "orig", None), NoTurnToWrite)
 
 T = TypeVar("T")
 
@@ -86,9 +99,9 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": 60}, pool_size=8, max_overflow=8, pool_timeout=60
+                url, connect_args={"timeout": write_timeout}, pool_size=8, max_overflow=8, pool_timeout=60
             )
-            _sqlite_setup(self.engine.sync_engine)
+            _sqlite_setup(self.engine.sync_engine, write_timeout)
             self._sqlite = _SqliteThreads(parsed.set(drivername="sqlite+pysqlite"), f"{database}{LOCK_SUFFIX}",
                                           write_timeout)
         else:
@@ -250,11 +263,11 @@ def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
 class _SqliteThreads:
     """A sync engine on the SQLite file, with its one writer thread and its reader threads."""
 
-    def __init__(self, url: sa.URL, lock_path: str, write_timeout: float = WRITE_TIMEOUT_S) -> None:
+    def __init__(self, url: sa.URL, lock_path: str, write_timeout: float) -> None:
         # One connection per thread; each is used by one thread at a time, not always the one that opened it.
-        self.engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+        self.engine = sa.create_engine(url, connect_args={"timeout": write_timeout, "check_same_thread": False},
                                        pool_size=_SQLITE_READERS + 1, max_overflow=0)
-        _sqlite_setup(self.engine)
+        _sqlite_setup(self.engine, write_timeout)
         self._writer = self.engine.execution_options(imagegate_write=True)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="imagegate-db-write")
         self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
@@ -305,7 +318,7 @@ class _SqliteThreads:
             return True
 
     def _locked(self) -> DBAPIError:
-        reason = sqlite3.OperationalError(
+        reason = NoTurnToWrite(
             f"database is locked: no turn to write within {self.write_timeout:g} s (another process, or a write() "
             f"block, holds {self._lock_path})"
         )
@@ -331,10 +344,11 @@ class _SqliteThreads:
 
     def _alone(self, job: "_WriteJob") -> tuple[bool, Any]:
         try:
-            with self._file_lock(), self._transaction(job.durable) as conn:
+            with self._file_lock():
                 if not self._begin_job(job):  # given up on while it waited for its turn
                     return False, asyncio.CancelledError()
-                return True, job.fn(conn, *job.args)
+                with self._transaction(job.durable) as conn:
+                    return True, job.fn(conn, *job.args)
         except BaseException as exc:  # BEGIN, the job or COMMIT failed: none of it happened
             return False, exc
 
@@ -347,11 +361,8 @@ class _SqliteThreads:
             self._synced = None  # a pooled connection keeps whatever it was last set to: set it, whatever it is
         try:
             if durable != self._synced:
-                statement = f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"
-                try:
-                    self._conn.connection.driver_connection.execute(statement)
-                except sqlite3.Error as exc:
-                    raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+                _driver_execute(self._conn.connection.driver_connection,
+                                f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._synced = durable
             with self._conn.begin():
                 yield self._conn
@@ -369,20 +380,21 @@ class _SqliteThreads:
         """The jobs in one transaction, each in a savepoint: a job that raises is undone alone. None when a job
         met a database error: SQLite may have rolled back the whole transaction then (disk full, I/O error), and
         a savepoint cannot tell; nothing of the batch is kept and the caller runs the jobs one by one."""
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[tuple[bool, Any]] = [(False, asyncio.CancelledError())] * len(jobs)
         try:
-            with self._file_lock(), self._transaction(any(job.durable for job in jobs)) as conn:
-                for job in jobs:
-                    if not self._begin_job(job):  # given up on while it waited for its turn
-                        outcomes.append((False, asyncio.CancelledError()))
-                        continue
-                    try:
-                        with conn.begin_nested():
-                            outcomes.append((True, job.fn(conn, *job.args)))
-                    except DBAPIError:
-                        raise _BatchBroken() from None
-                    except Exception as exc:  # refused by the job's own logic (insufficient quota, ...)
-                        outcomes.append((False, exc))
+            with self._file_lock():
+                begun = [i for i, job in enumerate(jobs) if self._begin_job(job)]  # the rest were given up on
+                if not begun:
+                    return outcomes
+                with self._transaction(any(jobs[i].durable for i in begun)) as conn:
+                    for i in begun:
+                        try:
+                            with conn.begin_nested():
+                                outcomes[i] = (True, jobs[i].fn(conn, *jobs[i].args))
+                        except DBAPIError:
+                            raise _BatchBroken() from None
+                        except Exception as exc:  # refused by the job's own logic (insufficient quota, ...)
+                            outcomes[i] = (False, exc)
         except _BatchBroken:
             return None
         except BaseException as exc:  # BEGIN or COMMIT failed: none of it happened
@@ -474,7 +486,15 @@ def _current_revision(connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _driver_execute(driver: sqlite3.Connection, statement: str) -> None:
+    """A statement straight to sqlite3, failing as SQLAlchemy would (DBAPIError: a database error, not a bug)."""
+    try:
+        driver.execute(statement)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
+def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see _begin).
@@ -483,7 +503,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")  # a committed charge survives a power cut, not just a crash
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")  # writers without our lock file
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -493,16 +513,13 @@ def _sqlite_setup(engine: Engine) -> None:
         if not isinstance(driver, sqlite3.Connection):  # aiosqlite's
             conn.exec_driver_sql(statement)
             return
-        try:  # straight to the driver: through SQLAlchemy this took longer than the transaction's statements
-            driver.execute(statement)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+        _driver_execute(driver, statement)  # through SQLAlchemy this took longer than the transaction's statements
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str, *, upgrade: bool = True) -> AsyncIterator[Database]:
+async def opened(url: str, *, upgrade: bool = True, write_timeout: float = WRITE_TIMEOUT_S) -> AsyncIterator[Database]:
     """A database for a one-off job (the CLI): upgraded to the newest schema, disposed afterwards."""
-    db = Database(url)
+    db = Database(url, write_timeout=write_timeout)
     try:
         if upgrade:
             await db.upgrade()
