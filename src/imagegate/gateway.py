@@ -79,7 +79,8 @@ _END = object()
 class Run:
     """One request in flight. Consumers iterate :meth:`events`; the work goes on if they leave."""
 
-    def __init__(self, request: ImageRequest, ticket: "Ticket | None" = None) -> None:
+    def __init__(self, request: ImageRequest, ticket: "Ticket | None" = None, *,
+                 keep_late: "Callable[[Run], None] | None" = None) -> None:
         self.request = request
         self.ticket = ticket  # the request's hold, settled by the run's own task once it ends
         self.settlement: "Settlement | None" = None
@@ -88,10 +89,13 @@ class Run:
         self.abandoned = False
         self.task: asyncio.Task | None = None
         self.error: ImagegateError | None = None  # how the run ended, once it has
-        # The work is over and what it stores is stored: a client leaving from now on (while the run settles, or
-        # while its answer is still being written) has its images kept by _keep_late, not by the run's task.
-        self.ended = False
-        self._keep_late: Callable[[Run], None] | None = None  # stores the images of a run left after it ended
+        self._keep_late = keep_late  # stores the images of a run left after it ended
+
+    @property
+    def ended(self) -> bool:
+        """The work is over and what it stores is stored: a client leaving from now on (while the run settles, or
+        while its answer is still being written) has its images kept by ``keep_late``, not by the run's task."""
+        return self.result.finished > 0
 
     def _emit(self, item: object) -> None:
         self._queue.put_nowait(item)
@@ -203,9 +207,11 @@ class Gateway:
         engine = self.engines.get(request.job.model.engine)
         if engine is None:
             raise ServerError(f"No engine '{request.job.model.engine}' is configured for model '{request.job.model.id}'.")
-        run = Run(request, ticket)
-        run._keep_late = self._keep_late
         store_images = request.response_format == "url" if store is None else store
+        if store_images and request.job.b64_as_it_arrives:
+            # Images kept (for a link, or for an idempotent replay) are read whole before they are answered.
+            request = replace(request, job=replace(request.job, b64_as_it_arrives=False))
+        run = Run(request, ticket, keep_late=self._keep_late)
         run.task = self._track(
             asyncio.create_task(self._drive(run, engine, store_images), name=f"run-{request.job.request_id}"))
         return run
@@ -224,8 +230,11 @@ class Gateway:
     async def _store_all(self, run: Run) -> None:
         for delivered in run.result.images:
             if delivered.stored is None:
-                delivered.stored = await self.storage.put(delivered.data, delivered.format)
-                run._emit(Stored(delivered.index, delivered.stored))
+                await self._store(run, delivered)
+
+    async def _store(self, run: Run, delivered: DeliveredImage) -> None:
+        delivered.stored = await self.storage.put(delivered.data, delivered.format)
+        run._emit(Stored(delivered.index, delivered.stored))
 
     async def _drive(self, run: Run, engine: Engine, store_images: bool) -> None:
         job = run.request.job
@@ -242,8 +251,7 @@ class Gateway:
                         run.result.images.append(delivered)
                         run._emit(event)
                         if (store_images or run.abandoned) and not event.arriving:
-                            delivered.stored = await self.storage.put(event.bytes(), event.format)
-                            run._emit(Stored(event.image_index, delivered.stored))
+                            await self._store(run, delivered)
                     elif isinstance(event, JobDone):
                         run.result.usage = event.usage
                     elif isinstance(event, (Progress, PartialImage)):
@@ -272,8 +280,7 @@ class Gateway:
             error = EngineError(f"The engine failed: {type(exc).__name__}.")
         finally:
             run.result.finished = time.monotonic()
-            run.error = error
-            run.ended = True  # from here on abandon() keeps the images itself (settling below awaits)
+            run.error = error  # with the time above, the run has ended: abandon() keeps the images from here on
             # Settle here, in the run's own task, before the consumer hears the end: exactly once, whether the
             # client is still there, streamed, or left.
             if self.billing is not None and run.ticket is not None:

@@ -98,9 +98,9 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     )
     image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))
     if not image_request.stream and image_request.response_format == "b64_json" \
-            and "idempotency-key" not in request.headers and not upstream_revises_prompts(image_request):
-        # Nothing needs the image stored, or the upstream's whole answer read, before it is answered: a relay may
-        # forward it while it arrives.
+            and not upstream_revises_prompts(image_request):
+        # This answer can be written while the image arrives (unless the gateway keeps the images: it then reads
+        # them whole first).
         image_request = replace(image_request, job=replace(image_request.job, b64_as_it_arrives=True))
     run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
     if not isinstance(run, Run):
@@ -164,9 +164,6 @@ async def _arriving_body(run: Run, images: list[ImageDone], events: AsyncIterato
     except ImagegateError as exc:
         log.warning("request %s: its answer is cut off: %s", image_request.job.request_id, exc.message)
         raise AnswerCutOff() from exc
-    except BaseException:
-        run.abandon()
-        raise
 
 
 async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:

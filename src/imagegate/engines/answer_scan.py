@@ -25,6 +25,7 @@ _WS = b" \t\r\n"
 _KEY = b"b64_json"
 _MAX_SKELETON = 1 << 20  # everything but the base64: a larger remainder is not an images answer
 _MAX_DATA_URL_PREFIX = 512
+HEAD_CHARS = 8192  # base64 characters decoded to read an image header (a multiple of 4)
 # Placeholders carry this process's random tag: a value in an upstream's body cannot pass for one.
 _TAG = secrets.token_hex(8)
 
@@ -78,7 +79,7 @@ class ArrivingImage:
 class AnswerScanner:
     """Feed it the body's chunks in order, then call :meth:`finish`; :meth:`abort` if the body cannot end well."""
 
-    def __init__(self, *, max_bytes: int, head_chars: int = 8192) -> None:
+    def __init__(self, *, max_bytes: int, head_chars: int = HEAD_CHARS) -> None:
         self.max_bytes = max_bytes
         self.head_chars = head_chars
         self.images: list[ArrivingImage] = []
@@ -88,6 +89,7 @@ class AnswerScanner:
         self._state = _OUT
         self._key = bytearray()  # the string being read, while it may still be the key "b64_json"
         self._key_possible = False
+        self._escape: bytearray | None = None  # what followed a backslash, while the escape is not whole yet
 
     # -- feeding -----------------------------------------------------------------------------------------------
 
@@ -191,8 +193,6 @@ class AnswerScanner:
             if self._escape is not None:
                 return end
         return end
-
-    _escape: bytearray | None = None  # what followed a backslash, while the escape is not whole yet
 
     def _take_escape(self, image: ArrivingImage, chunk: bytes, pos: int) -> int:
         escape = self._escape

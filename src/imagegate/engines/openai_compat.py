@@ -16,7 +16,7 @@ import orjson
 from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.config import ChannelConfig
-from imagegate.engines.answer_scan import AnswerScanner
+from imagegate.engines.answer_scan import HEAD_CHARS, AnswerScanner
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
 from imagegate.engines.upstream import (
     Attempt,
@@ -36,7 +36,6 @@ from imagegate.errors import UpstreamError
 
 # What OpenAI's own API refuses, so it is never sent there; relays get everything.
 _OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
-_HEAD_CHARS = 8192  # base64 characters decoded to read an image header (a multiple of 4)
 _DEFAULT_DROPS = {
     # The reverse gpt-4o-image models bundle quality; edits don't take moderation (seed 001).
     "edit": {"moderation"},
@@ -127,7 +126,7 @@ class OpenAICompatEngine(RelayEngine):
         """The JSON answer, read as it arrives. When the client takes it so (and the channel allows), an image whose
         header shows what the client asked for is handed on at once, its base64 still streaming in; the rest
         (another format, a url, the usage) waits for the whole body."""
-        scanner = AnswerScanner(max_bytes=self.channel.max_download_bytes, head_chars=_HEAD_CHARS)
+        scanner = AnswerScanner(max_bytes=self.channel.max_download_bytes)
         hand_over = job.b64_as_it_arrives and self.channel.stream_through
         handed = 0
         try:
@@ -173,7 +172,7 @@ class OpenAICompatEngine(RelayEngine):
         revised = item.get("revised_prompt")
         if item.get("b64_json"):
             text = strip_data_url(item["b64_json"])
-            size = _passable(job, text[:_HEAD_CHARS])
+            size = _passable(job, text[:HEAD_CHARS])
             if size is not None:
                 return ImageDone(index, None, job.output_format, size, revised, b64=text)
             data = decode_b64_image(text)
