@@ -42,11 +42,13 @@ def serve_process(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Po
         proc.wait(timeout=30)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Until ``/healthz`` answers; fails with the server's output if it exits first."""
+def wait_healthy(port: int, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Until ``/healthz`` answers; fails with the server's output if its process (``proc``) exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "serve exited"
+        if proc is not None and proc.poll() is not None:
+            output = proc.stderr or proc.stdout
+            raise AssertionError(f"serve exited: {output.read() if output else ''}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return
@@ -105,12 +107,5 @@ def start_server(data_dir: Path, **overrides) -> LiveServer:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return LiveServer(app, server, thread, port, settings)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("test server did not start")
+    wait_healthy(port, timeout=20)
+    return LiveServer(app, server, thread, port, settings)

@@ -324,8 +324,8 @@ litellm_settings:
             results[name] = {
                 "rps_16": statistics.median(r["rps_16"] for r in runs),
                 "p50_ms_1": statistics.median(r["p50_ms_1"] for r in runs),
-                # Noise on a shared host only ever slows a contender down: the best round is what it can do.
                 "cpu_ms_1": statistics.median(r["cpu_ms_1"] for r in runs),
+                # Noise on a shared host only ever slows a contender down: the best round is what it can do.
                 "rps_16_best": max(r["rps_16"] for r in runs),
                 "p50_ms_1_best": min(r["p50_ms_1"] for r in runs),
                 "errors_16": sum(r["errors_16"] for r in runs),

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from pydantic import ValidationError
 
 from imagegate.catalog import Catalog
-from imagegate.config import ChannelConfig, ConfigError
+from imagegate.config import ChannelConfig, ConfigError, UnsetVariable, first_error, resolve_env
 from imagegate.db import Database
 from imagegate.db.schema import channels as channels_table
 from imagegate.routing import Channel, Router, channel_engine, route_catalog
@@ -38,17 +38,15 @@ def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> 
     try:
         given = ChannelConfig(**raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ChannelError(".".join(str(p) for p in first["loc"]) or "channel", first["msg"]) from None
+        where, what = first_error(exc)
+        raise ChannelError(where or "channel", what) from None
     unknown = unknown_models([given], catalog)
     if unknown:
         raise ChannelError("models", f"unknown model(s) {unknown}; GET /v1/models lists them")
-    used = given
-    if given.api_key.startswith("env:"):
-        name = given.api_key[4:]
-        if name not in environ:
-            raise ChannelError("api_key", f"environment variable {name} is not set on the server")
-        used = given.model_copy(update={"api_key": environ[name]})
+    try:
+        used = given.model_copy(update={"api_key": resolve_env(given.api_key, environ)})
+    except UnsetVariable as exc:
+        raise ChannelError("api_key", f"environment variable {exc.name} is not set on the server") from None
     return given, used
 
 

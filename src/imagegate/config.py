@@ -20,6 +20,30 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the bad entry."""
 
 
+class UnsetVariable(LookupError):
+    """An ``env:NAME`` reference to a variable that is not set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def resolve_env(value: str, environ: Mapping[str, str]) -> str:
+    """``env:NAME`` stands for that environment variable's value (UnsetVariable if it has none); anything else
+    for itself."""
+    if not value.startswith("env:"):
+        return value
+    if value[4:] not in environ:
+        raise UnsetVariable(value[4:])
+    return environ[value[4:]]
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """(where, what) of a validation error's first complaint: the dotted field name and pydantic's message."""
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), first["msg"]
+
+
 class ChannelConfig(BaseModel):
     """One upstream: an OpenAI-compatible images API, or a chat-only image upstream."""
 
@@ -150,11 +174,12 @@ def _resolve_channels(channels: list[Any], environ: Mapping[str, str]) -> list[A
         ]
     resolved = []
     for index, channel in enumerate(channels):
-        if isinstance(channel, dict) and str(channel.get("api_key", "")).startswith("env:"):
-            name = channel["api_key"][4:]
-            if name not in environ:
-                raise ConfigError(f"bad setting 'channels.{index}.api_key': environment variable {name} is not set")
-            channel = {**channel, "api_key": environ[name]}
+        if isinstance(channel, dict) and isinstance(channel.get("api_key"), str):
+            try:
+                channel = {**channel, "api_key": resolve_env(channel["api_key"], environ)}
+            except UnsetVariable as exc:
+                raise ConfigError(
+                    f"bad setting 'channels.{index}.api_key': environment variable {exc.name} is not set") from None
         resolved.append(channel)
     return resolved
 
@@ -177,14 +202,13 @@ def load_settings(
     values.update(_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["channels"] = _resolve_channels(values.get("channels") or [], environ)
-    key = str(values.get("moderation_api_key", ""))
-    if key.startswith("env:"):
-        if key[4:] not in environ:
-            raise ConfigError(f"bad setting 'moderation_api_key': environment variable {key[4:]} is not set")
-        values["moderation_api_key"] = environ[key[4:]]
+    try:
+        if isinstance(values.get("moderation_api_key"), str):
+            values["moderation_api_key"] = resolve_env(values["moderation_api_key"], environ)
+    except UnsetVariable as exc:
+        raise ConfigError(f"bad setting 'moderation_api_key': environment variable {exc.name} is not set") from None
     try:
         return Settings(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"bad setting '{where}': {first['msg']}") from None
+        where, what = first_error(exc)
+        raise ConfigError(f"bad setting '{where}': {what}") from None

@@ -18,7 +18,7 @@ import pytest
 
 from tests.billing.live import ADMIN, assert_books_balance
 from tests.db.backends import BACKENDS, fresh_url
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 EXE = Path(sys.executable).parent / "imagegate"
 LOW = {"model": "gpt-image-1", "prompt": "a red fox in snow", "size": "1024x1024", "quality": "low"}
@@ -42,18 +42,12 @@ def _cli(env: dict[str, str], data_dir: Path, *args: str) -> subprocess.Complete
 def _serve(env: dict[str, str], data_dir: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([str(EXE), "serve", "--port", str(port), "--data-dir", str(data_dir)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("serve did not start")
+    try:
+        wait_healthy(port, proc, timeout=30)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def _admin(port: int, path: str) -> dict:

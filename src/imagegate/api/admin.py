@@ -40,11 +40,6 @@ def _store(request: Request) -> BillingStore:
     return store
 
 
-async def _body(request: Request) -> dict[str, Any]:
-
-    return await json_body(request)
-
-
 def check_group(billing: Billing, group: Any) -> str:
     if not isinstance(group, str) or billing.prices.multiplier(group) is None:
         raise InvalidRequest(
@@ -106,7 +101,7 @@ async def list_accounts(request: Request) -> Any:
 @router.post("/accounts", dependencies=guard, status_code=201)
 async def create_account(request: Request) -> Any:
     billing = request.app.state.billing
-    body = await _body(request)
+    body = await json_body(request)
     name = check_name(body.get("name"))
     group = check_group(billing, body.get("group", "default"))
     balance = money(body.get("balance", 0), "balance", allow_zero=True)
@@ -125,7 +120,7 @@ async def get_account(name: str, request: Request) -> Any:
 @router.patch("/accounts/{name}", dependencies=guard)
 async def update_account(name: str, request: Request) -> Any:
     billing = request.app.state.billing
-    body = await _body(request)
+    body = await json_body(request)
     unknown = set(body) - {"group"}
     if unknown:
         raise InvalidRequest(f"Unknown field '{sorted(unknown)[0]}': an account's group can be changed.",
@@ -137,7 +132,7 @@ async def update_account(name: str, request: Request) -> Any:
 
 @router.post("/accounts/{name}/topups", dependencies=guard)
 async def topup(name: str, request: Request) -> Any:
-    body = await _body(request)
+    body = await json_body(request)
     amount = money(body.get("amount"), "amount")
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > 200:
@@ -166,7 +161,7 @@ async def list_keys(request: Request) -> Any:
 @router.post("/keys", dependencies=guard, status_code=201)
 async def create_key(request: Request) -> Any:
     billing = request.app.state.billing
-    body = await _body(request)
+    body = await json_body(request)
     account = check_name(body.get("account"), "account")
     name = body.get("name", "")
     if not isinstance(name, str) or len(name) > 100:
@@ -195,8 +190,6 @@ async def revoke_key(prefix: str, request: Request) -> Any:
     key = await _store(request).revoke_key(prefix)
     request.app.state.keys.forget(key.prefix)
     return key_dict(key, request.app.state.billing)
-
-
 
 
 @router.get("/usage", dependencies=guard)
