@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import httpx
 from fastapi import FastAPI
@@ -139,12 +139,12 @@ def create_app(
         background = []
         if billing_runtime is not None:
             await billing_runtime.start()  # migrate, register, release what a crashed server left held
-            channel_store = ChannelStore(billing_runtime.store.db)
-            app.state.channel_store = channel_store
-            await reload_channels(app.state, channel_store)
-            background.append(asyncio.create_task(
-                _follow_channels(app, channel_store, settings.heartbeat_interval_seconds)))
-        background.append(asyncio.create_task(_janitor(storage, settings.janitor_interval_seconds)))
+            await reload_channels(app.state)
+            background.append(asyncio.create_task(_repeat(
+                settings.heartbeat_interval_seconds, lambda: _follow_channels(app), "reloading channels failed",
+                first_wait=True)))
+        background.append(asyncio.create_task(_repeat(
+            settings.janitor_interval_seconds, lambda: _sweep(storage), "janitor sweep failed")))
         try:
             yield
         finally:
@@ -168,13 +168,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.catalog = catalog
     app.state.keys = keys
     app.state.storage = storage
     app.state.gateway = gateway
     app.state.billing = billing
     app.state.channels = channel_set
-    app.state.channel_store = None  # set at start when there is a database
+    # Channels kept in the database (added through the admin API); None without one.
+    app.state.channel_store = ChannelStore(billing_runtime.store.db) if billing_runtime is not None else None
     api_errors.install(app)
     app.include_router(images.router)
     app.include_router(models.router)
@@ -193,26 +193,30 @@ def create_app(
     return app
 
 
-async def _follow_channels(app: FastAPI, store: ChannelStore, interval: float) -> None:
-    """Channels changed through another server process (or replica) reach this one within ``interval``."""
-    while True:
+async def _repeat(interval: float, step: Callable[[], Awaitable[None]], failed: str, *,
+                  first_wait: bool = False) -> None:
+    """``step()`` every ``interval`` seconds for as long as the server runs; a step that fails is logged and the
+    next one comes as usual (a database away for a moment, a bad sweep)."""
+    if first_wait:
         await asyncio.sleep(interval)
-        try:
-            if await reload_channels(app.state, store):
-                log.info("channels reloaded: %s", ", ".join(c.name for c in app.state.channels.router.channels))
-        except Exception:  # the database may be away for a moment; the current channels stay
-            log.exception("reloading channels failed")
-
-
-async def _janitor(storage: LocalStorage, interval: float) -> None:
     while True:
         try:
-            removed = await asyncio.to_thread(storage.sweep)
-            if removed:
-                log.info("janitor removed %d expired image(s)", removed)
-        except Exception:  # the janitor must outlive a bad sweep
-            log.exception("janitor sweep failed")
+            await step()
+        except Exception:
+            log.exception(failed)
         await asyncio.sleep(interval)
+
+
+async def _follow_channels(app: FastAPI) -> None:
+    """Channels changed through another server process (or replica) reach this one within a heartbeat."""
+    if await reload_channels(app.state):
+        log.info("channels reloaded: %s", ", ".join(c.name for c in app.state.channels.router.channels))
+
+
+async def _sweep(storage: LocalStorage) -> None:
+    removed = await asyncio.to_thread(storage.sweep)
+    if removed:
+        log.info("janitor removed %d expired image(s)", removed)
 
 
 def _check_child(settings: Settings, answer) -> None:

@@ -151,14 +151,13 @@ class ChannelSet:
         ]
 
 
-async def reload_channels(state: Any, store: ChannelStore) -> bool:
-    """Route to the config file's channels plus the stored ones, if those changed since last applied; the app's
-    catalog and the relay's queue follow. Returns whether anything changed."""
+async def reload_channels(state: Any) -> bool:
+    """Route to the config file's channels plus the stored ones, if those changed since last applied; the
+    gateway's queues follow the channels' caps. Returns whether anything changed."""
     channel_set: ChannelSet = state.channels
-    stored = await store.all()
+    stored = await state.channel_store.all()
     if stored == channel_set.stored:
         return False
     channel_set.apply(stored)
-    state.catalog = channel_set.catalog
-    state.gateway.limiters["relay"].resize(channel_set.router.concurrency)  # the channels' own caps
+    state.gateway.resize_queues()
     return True

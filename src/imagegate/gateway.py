@@ -143,10 +143,17 @@ class Gateway:
         self.guard_policy = guard_policy
         self.moderation = moderation
         # Relays carry their own per-channel caps; the gateway's queue only needs to admit that many.
-        self.limiters = {
-            name: FifoLimiter(getattr(engine, "concurrency", engine_concurrency)) for name, engine in self.engines.items()
-        }
+        self._engine_concurrency = engine_concurrency
+        self.limiters = {name: FifoLimiter(self._concurrency(engine)) for name, engine in self.engines.items()}
         self._tasks: set[asyncio.Task] = set()
+
+    def _concurrency(self, engine: Engine) -> int:
+        return getattr(engine, "concurrency", self._engine_concurrency)
+
+    def resize_queues(self) -> None:
+        """Each engine's queue admits what the engine takes now (a relay's channels changed their caps)."""
+        for name, engine in self.engines.items():
+            self.limiters[name].resize(self._concurrency(engine))
 
     async def preflight(
         self, request: ImageRequest, principal: object | None = None, *, endpoint: str = "images"

@@ -51,7 +51,7 @@ def _count_upstream_images(upstream_live):
 
 
 def test_generation_relayed_with_usage(fclient, front):
-    assert front.app.state.catalog.get("gpt-image-1").engine == "relay"
+    assert front.app.state.channels.catalog.get("gpt-image-1").engine == "relay"
     raw = fclient.images.with_raw_response.generate(model="gpt-image-1", prompt="a relay tower", size="1024x1536",
                                                    quality="high")
     body = raw.http_response.json()

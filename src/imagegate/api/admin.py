@@ -170,7 +170,7 @@ async def create_key(request: Request) -> Any:
     if models is not None:
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise InvalidType("Invalid 'allowed_models': expected an array of model ids.", param="allowed_models")
-        unknown = [m for m in models if request.app.state.catalog.get(m) is None]
+        unknown = [m for m in models if request.app.state.channels.catalog.get(m) is None]
         if unknown:
             raise InvalidRequest(f"Invalid 'allowed_models': unknown model '{unknown[0]}'.", param="allowed_models")
     guard_policy = body.get("guard_policy")
@@ -211,7 +211,7 @@ async def reload_prices(request: Request) -> Any:
         book = load_price_book(state.settings.price_file)
     except ConfigError as exc:
         raise InvalidRequest(str(exc), param="price_file") from None
-    problems = book.coverage_problems(state.catalog)
+    problems = book.coverage_problems(state.channels.catalog)
     if problems and state.billing.store is not None:
         raise InvalidRequest(f"prices: {problems[0]}", param="price_file")
     state.billing.prices = book

@@ -236,7 +236,7 @@ async def quote(request: Request, principal: Principal = Depends(require_princip
     state = request.app.state
     body = await json_body(request)
     image_request = await validate_request(
-        RawRequest("generate", body), state.catalog, max_input_pixels=state.settings.max_input_pixels,
+        RawRequest("generate", body), state.channels.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,
     )
     billing: Billing = state.billing

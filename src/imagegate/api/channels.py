@@ -68,7 +68,7 @@ async def add_channel(request: Request) -> Any:
     if not await store.add(given):
         raise Conflict(f"A channel named '{given.name}' exists; PATCH /admin/channels/{given.name} changes it.",
                        code="channel_exists")
-    await reload_channels(request.app.state, store)
+    await reload_channels(request.app.state)
     return _one(request, given.name)
 
 
@@ -82,7 +82,7 @@ async def change_channel(name: str, request: Request) -> Any:
     catalog = request.app.state.channels.base_catalog
     if await store.update(name, lambda stored: _parsed(catalog, {**stored, **changes})) is None:
         raise _missing(name)
-    await reload_channels(request.app.state, store)
+    await reload_channels(request.app.state)
     return _one(request, name)
 
 
@@ -92,5 +92,5 @@ async def remove_channel(name: str, request: Request) -> Any:
     store = _store(request)
     if not await store.delete(name):
         raise _missing(name)
-    await reload_channels(request.app.state, store)
+    await reload_channels(request.app.state)
     return {"name": name, "deleted": True}

@@ -108,7 +108,7 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             fields[name] = body[name]
     if not refs:
         return RawRequest("generate", fields)
-    model = request.app.state.catalog.get(body.get("model"))
+    model = request.app.state.channels.catalog.get(body.get("model"))
     if model is not None and len(refs) > model.max_input_images:
         # Refuse before fetching anything: the count alone decides it.
         raise InvalidRequest(
@@ -176,17 +176,17 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
     state = request.app.state
     body = await json_body(request)
     model_id = body.get("model")
-    if not isinstance(model_id, str) or state.catalog.get(model_id) is None:
+    if not isinstance(model_id, str) or state.channels.catalog.get(model_id) is None:
         raise InvalidRequest(
             f"Model {model_id!r} is not an image model. This server answers chat completions for image models only "
-            f"({', '.join(state.catalog.ids())}); for images use POST /v1/images/generations or /v1/images/edits.",
+            f"({', '.join(state.channels.catalog.ids())}); for images use POST /v1/images/generations or /v1/images/edits.",
             param="model",
             code="model_not_found",
         )
     stream = body.get("stream") is True
     raw = await _raw_request(request, body)
     image_request = await validate_request(
-        raw, state.catalog, max_input_pixels=state.settings.max_input_pixels,
+        raw, state.channels.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"

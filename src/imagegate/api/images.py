@@ -94,7 +94,7 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     state = request.app.state
     settings = state.settings
     image_request = await validate_request(
-        raw, state.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
+        raw, state.channels.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
     image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))
     if not image_request.stream and image_request.response_format == "b64_json" \

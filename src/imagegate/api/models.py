@@ -26,12 +26,12 @@ def _model_object(model: Model) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(request: Request, principal: Principal = Depends(require_principal)) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_object(m) for m in request.app.state.catalog]}
+    return {"object": "list", "data": [_model_object(m) for m in request.app.state.channels.catalog]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request, principal: Principal = Depends(require_principal)) -> dict[str, Any]:
-    model = request.app.state.catalog.get(model_id)
+    model = request.app.state.channels.catalog.get(model_id)
     if model is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
     return _model_object(model)
