@@ -172,31 +172,32 @@ _KEY_BY_HASH = (
     .select_from(api_keys.join(accounts, api_keys.c.account_id == accounts.c.id))
     .where(api_keys.c.key_hash == sa.bindparam("key_hash"))
 )
-_INSERT_USAGE = sa.insert(usage_log).returning(usage_log.c.id)
-_INSERT_HOLD = sa.insert(holds)
-_INSERT_LEDGER = sa.insert(ledger)
-_INSERT_CLAIM = sa.insert(idempotency)
+# Every request's statements run straight through the sqlite3 cursor on SQLite (Prebuilt; see db.Prebuilt).
+_INSERT_USAGE = Prebuilt(sa.insert(usage_log).returning(usage_log.c.id))
+_INSERT_HOLD = Prebuilt(sa.insert(holds))
+_INSERT_LEDGER = Prebuilt(sa.insert(ledger))
+_INSERT_CLAIM = Prebuilt(sa.insert(idempotency))
 _THE_CLAIM = (idempotency.c.scope == sa.bindparam("idem_scope")) & (idempotency.c.key == sa.bindparam("idem_key"))
 _CLAIM_RECORD = sa.select(idempotency).where(_THE_CLAIM, idempotency.c.expires_at > sa.bindparam("now"))
 # A finished record past its time is invisible to the look-up but still in the table until reconcile drops it;
 # without this the INSERT of a new claim would collide with it and answer "still running". A running claim is left
 # alone even when old: its run may still write its result there.
-_DROP_EXPIRED_CLAIM = sa.delete(idempotency).where(
+_DROP_EXPIRED_CLAIM = Prebuilt(sa.delete(idempotency).where(
     _THE_CLAIM, idempotency.c.state == "done", idempotency.c.expires_at < sa.bindparam("now")
-)
-_DROP_CLAIM = sa.delete(idempotency).where(_THE_CLAIM)
-_STORE_RESULT = sa.update(idempotency).where(_THE_CLAIM).values(
+))
+_DROP_CLAIM = Prebuilt(sa.delete(idempotency).where(_THE_CLAIM))
+_STORE_RESULT = Prebuilt(sa.update(idempotency).where(_THE_CLAIM).values(
     state="done", result=sa.bindparam("result_json"), hold_id=None
-)
+))
 # The hold is placed only if the account's available balance covers it, and the key's own limit (if it has one).
-_HOLD_ON_ACCOUNT = (
+_HOLD_ON_ACCOUNT = Prebuilt(
     sa.update(accounts)
     .where(accounts.c.id == sa.bindparam("account_id"),
            accounts.c.balance_micro - accounts.c.held_micro >= sa.bindparam("amount"))
     .values(held_micro=accounts.c.held_micro + sa.bindparam("amount"))
     .returning(accounts.c.balance_micro, accounts.c.held_micro)
 )
-_HOLD_ON_KEY = (
+_HOLD_ON_KEY = Prebuilt(
     sa.update(api_keys)
     .where(api_keys.c.id == sa.bindparam("key_id"), sa.or_(
         api_keys.c.spend_limit_micro.is_(None),
@@ -206,7 +207,7 @@ _HOLD_ON_KEY = (
     .returning(api_keys.c.id)
 )
 # Closes the hold once (``status = 'open'`` is part of the WHERE) and charges the cost, capped at the hold.
-_SETTLE_HOLD = (
+_SETTLE_HOLD = Prebuilt(
     sa.update(holds).where(holds.c.id == sa.bindparam("hold_id"), holds.c.status == "open")
     .values(status="settled", closed_at=sa.bindparam("now"), charged_micro=sa.case(
         (holds.c.amount_micro < sa.bindparam("cost", type_=Money), holds.c.amount_micro),
@@ -214,26 +215,20 @@ _SETTLE_HOLD = (
     ))
     .returning(holds.c.amount_micro, holds.c.charged_micro, holds.c.account_id, holds.c.key_id, holds.c.request_id)
 )
-_CHARGE_ACCOUNT = (
+_CHARGE_ACCOUNT = Prebuilt(
     sa.update(accounts).where(accounts.c.id == sa.bindparam("account_id"))
     .values(balance_micro=accounts.c.balance_micro - sa.bindparam("charged"),
             held_micro=accounts.c.held_micro - sa.bindparam("amount"))
     .returning(accounts.c.balance_micro, accounts.c.held_micro)
 )
-_CHARGE_KEY = (
+_CHARGE_KEY = Prebuilt(
     sa.update(api_keys).where(api_keys.c.id == sa.bindparam("key_id"))
     .values(spent_micro=api_keys.c.spent_micro + sa.bindparam("charged"),
             held_micro=api_keys.c.held_micro - sa.bindparam("amount"), last_used_at=sa.bindparam("now"))
 )
-_FINISH_USAGE = sa.update(usage_log).where(usage_log.c.id == sa.bindparam("usage_id"))
-_FINISH_RUNNING_USAGE = _FINISH_USAGE.where(usage_log.c.status == "running")  # never rewrite a row already closed
-# Every request's statements run straight through the sqlite3 cursor on SQLite (see db.Prebuilt).
-(_INSERT_USAGE, _INSERT_HOLD, _INSERT_LEDGER, _INSERT_CLAIM, _DROP_EXPIRED_CLAIM, _DROP_CLAIM, _STORE_RESULT,
- _HOLD_ON_ACCOUNT, _HOLD_ON_KEY, _SETTLE_HOLD, _CHARGE_ACCOUNT, _CHARGE_KEY, _FINISH_USAGE,
- _FINISH_RUNNING_USAGE) = map(
-    Prebuilt, (_INSERT_USAGE, _INSERT_HOLD, _INSERT_LEDGER, _INSERT_CLAIM, _DROP_EXPIRED_CLAIM, _DROP_CLAIM,
-               _STORE_RESULT, _HOLD_ON_ACCOUNT, _HOLD_ON_KEY, _SETTLE_HOLD, _CHARGE_ACCOUNT, _CHARGE_KEY,
-               _FINISH_USAGE, _FINISH_RUNNING_USAGE))
+_FINISH_USAGE = Prebuilt(sa.update(usage_log).where(usage_log.c.id == sa.bindparam("usage_id")))
+# Never rewrites a row already closed.
+_FINISH_RUNNING_USAGE = Prebuilt(_FINISH_USAGE.statement.where(usage_log.c.status == "running"))
 
 
 class BillingStore:
