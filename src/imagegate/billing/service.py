@@ -103,8 +103,8 @@ class Billing:
         self.store = store
         self._inflight: dict[tuple[str, str], asyncio.Event] = {}
         self._claim_locks: dict[tuple[str, str], list] = {}  # [lock, users]
-        # Settlements being retried in the background: task -> (ticket, the attempt it retries).
-        self._later: dict[asyncio.Task, tuple[Ticket, Any]] = {}
+        self._later: set[asyncio.Task] = set()  # settlements being retried in the background
+        self._closing = asyncio.Event()  # the server stops: each of them makes its last try now
 
     # --- pricing --------------------------------------------------------------------------------------------
 
@@ -276,44 +276,45 @@ class Billing:
             # The work is done (images may be delivered): keep its charge and go on trying, rather than leave the
             # hold, the usage row and the idempotency claim open for reconciliation to refund.
             task = asyncio.create_task(self._settle_later(ticket, attempt), name=f"settle-{ticket.request_id}")
-            self._later[task] = (ticket, attempt)
-            task.add_done_callback(lambda done: self._later.pop(done, None))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
             raise
 
     async def _settle_later(self, ticket: Ticket, attempt) -> None:
         try:
             for tries, delay in enumerate(self.settle_retry_delays, 1):
-                await asyncio.sleep(delay)
+                closing = await self._pause(delay)
                 try:
                     ticket.settlement = await attempt()
                 except Exception:
+                    if closing:
+                        log.error("settling request %s failed at shutdown too; reconciliation will release its hold",
+                                  ticket.request_id, exc_info=True)
+                        return
                     log.warning("settling request %s failed again (later try %d of %d)", ticket.request_id, tries,
                                 len(self.settle_retry_delays), exc_info=True)
                     continue
-                log.info("request %s settled on a later try", ticket.request_id)
+                log.info("request %s settled %s", ticket.request_id, "at shutdown" if closing else "on a later try")
                 return
             log.error("gave up settling request %s; its hold expires and reconciliation releases it",
                       ticket.request_id)
         finally:
-            if ticket.settlement is None and self.store is not None:  # given up, or cancelled at shutdown
+            if ticket.settlement is None and self.store is not None:  # given up on
                 self.store.let_expire(ticket.hold_id)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait before the next try; True when the server stops meanwhile (the try is then the last one)."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def aclose(self) -> None:
         """At shutdown, before the database closes: every settlement still being retried gets one last try now,
         instead of being cancelled in its pause (its hold would then be released, the work given away)."""
-        pending = list(self._later.items())
-        for task, _ in pending:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in pending), return_exceptions=True)
-        for _, (ticket, attempt) in pending:
-            if ticket.settlement is not None:
-                continue
-            try:
-                ticket.settlement = await attempt()
-                log.info("request %s settled at shutdown", ticket.request_id)
-            except Exception:
-                log.error("settling request %s failed at shutdown too; reconciliation will release its hold",
-                          ticket.request_id, exc_info=True)
+        self._closing.set()
+        await asyncio.gather(*self._later, return_exceptions=True)
 
     @staticmethod
     async def _retry(call):
