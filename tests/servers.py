@@ -18,6 +18,7 @@ import uvicorn
 
 from imagegate.app import create_app
 from imagegate.config import Settings
+from imagegate.serving import uvicorn_options
 
 TEST_KEY = "sk-test-imagegate-0123456789"
 EXE = Path(sys.executable).parent / "imagegate"
@@ -103,7 +104,7 @@ def start_server(data_dir: Path, **overrides) -> LiveServer:
     values.update(overrides)
     settings = Settings(**values)
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, **uvicorn_options(host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imagegate.app import WORKER_ENV, check_in_subprocess, configure_logging, create_app, ensure_api_keys
+    from imagegate.serving import uvicorn_options
 
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "workers": args.workers}
     try:
@@ -49,7 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir}{workers})",
           flush=True)
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    common = uvicorn_options(host=settings.host, port=settings.port, log_level=settings.log_level,
+                             timeout_graceful_shutdown=30)
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return 0

@@ -172,6 +172,11 @@ class AnswerScanner:
             pos = self._take_escape(image, chunk, pos)
             if self._escape is not None:
                 return end
+        rest = chunk if pos == 0 else memoryview(chunk)[pos:]
+        if _plain_base64(rest) and chunk.find(b"\\", pos) < 0:
+            # The common case, a piece from inside the string: no quote, no escape, nothing to refuse.
+            image.feed(rest)
+            return end
         while pos < end:
             quote = chunk.find(b'"', pos)
             stop = quote if quote >= 0 else end
@@ -264,6 +269,13 @@ def _unescaped(escape: bytearray) -> bytes:
         if char in _BASE64_CHARS:
             return char.encode("ascii")
     raise ValueError("b64_json holds an escape that base64 never needs")
+
+
+def _plain_base64(piece: bytes | memoryview) -> bool:
+    # Every byte from '+' (0x2B, the lowest base64 character) up to 0x7F, in one pass: read as signed, non-ASCII is
+    # negative. That rules out the quote (0x22) and every control character; of what it lets through, only the
+    # backslash still needs a look.
+    return len(piece) > 0 and np.frombuffer(piece, np.int8).min() >= 0x2B
 
 
 def _check_printable(piece: bytes | memoryview) -> None:
