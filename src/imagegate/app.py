@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -19,10 +16,11 @@ from imagegate.api import admin, billing as billing_api, channels as channels_ap
 from imagegate.api.auth import KeyStore, StaticKeys
 from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from imagegate.catalog import Catalog, load_catalog
-from imagegate.config import ConfigError, Settings
+from imagegate.config import ConfigError, Settings, metering_enabled
 from imagegate.engines.sandbox import SandboxEngine
 from imagegate.engines.upstream import UpstreamSession
 from imagegate.gateway import Gateway
+from imagegate.keyfile import ensure_api_keys, existing_key
 from imagegate.memory import keep_freed_buffers
 from imagegate.moderation import ModerationClient
 from imagegate.channels import ChannelSet, ChannelStore, reload_channels, unknown_models
@@ -31,25 +29,7 @@ from imagegate.storage.local import load_or_create_secret
 
 log = logging.getLogger("imagegate")
 
-KEY_FILE = "api_key.txt"
 # How `serve --workers N` hands its settings sources (config file, flags) to the worker processes.
-WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
-
-
-def ensure_api_keys(settings: Settings) -> tuple[tuple[str, ...], str | None]:
-    """The configured keys, or the data dir's generated key (created on first start). Returns the keys and the
-    key that was created now, if any, so the caller can print it once."""
-    if settings.api_keys:
-        return settings.api_keys, None
-    path = settings.data_dir / KEY_FILE
-    if path.exists():
-        return (path.read_text().strip(),), None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    key = "sk-ig-" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    return (key,), key
 
 
 def _load_guard(settings: Settings):
@@ -66,7 +46,7 @@ def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):
     """The price book (always: quotes and cost headers), and with metering the database, its key store and the
     runtime that migrates, heartbeats and reconciles. A malformed price file, or a model without a price while
     metering is on, stops the start with one line naming the entry."""
-    from imagegate.billing import Billing, BillingRuntime, PriceBookError, load_price_book, metering_enabled
+    from imagegate.billing import Billing, BillingRuntime, PriceBookError, load_price_book
 
     prices = load_price_book(settings.price_file)
     if not metering_enabled(settings):
@@ -91,14 +71,9 @@ def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):
     if keys is None:
         # Static keys stay an explicit, unmetered mode: configured ones, or a key file made earlier; with
         # metering on, no static key is created behind the operator's back.
-        static = settings.api_keys or _existing_key(settings)
+        static = settings.api_keys or existing_key(settings)
         keys = DbKeys(store, StaticKeys(static) if static else None, cache_seconds=settings.key_cache_seconds)
     return Billing(prices, store), keys, BillingRuntime(store, heartbeat_interval=settings.heartbeat_interval_seconds)
-
-
-def _existing_key(settings: Settings) -> tuple[str, ...]:
-    path = settings.data_dir / KEY_FILE
-    return (path.read_text().strip(),) if path.exists() else ()
 
 
 def create_app(
@@ -217,50 +192,6 @@ async def _sweep(storage: LocalStorage) -> None:
     removed = await asyncio.to_thread(storage.sweep)
     if removed:
         log.info("janitor removed %d expired image(s)", removed)
-
-
-def _check_child(settings: Settings, answer) -> None:
-    """Build the app once: a bad setting shows here, and the URL-signing secret is made before any worker could
-    race to draw its own (two secrets would reject each other's links). Workers migrate the schema themselves,
-    one at a time (the database's write lock)."""
-    try:
-        create_app(settings)
-    except Exception as exc:  # every problem goes back to the parent as its one line
-        answer.send(str(exc) or type(exc).__name__)
-    else:
-        answer.send("")
-
-
-def check_in_subprocess(settings: Settings) -> str:
-    """_check_child in a spawned process; returns its problem ("" if none)."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_check_child, args=(settings, send), name="imagegate-check")
-    child.start()
-    send.close()
-    try:
-        problem = receive.recv()
-    except EOFError:
-        problem = f"the start-up check died (exit code {child.exitcode})"
-    child.join()
-    return problem
-
-
-def worker_app() -> FastAPI:
-    """The app of one `serve --workers N` process (uvicorn's factory): settings read as the parent read them."""
-    from imagegate.config import load_settings
-
-    spec = json.loads(os.environ[WORKER_ENV])
-    settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
-    configure_logging(settings)
-    return create_app(settings)
-
-
-def configure_logging(settings: Settings) -> None:
-    """The server's log lines, for the serving process and every worker alike."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _version() -> str:

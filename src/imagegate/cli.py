@@ -14,8 +14,9 @@ from imagegate.config import ConfigError, load_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imagegate.app import WORKER_ENV, check_in_subprocess, configure_logging, create_app, ensure_api_keys
-    from imagegate.serving import uvicorn_options
+    from imagegate.config import metering_enabled
+    from imagegate.keyfile import KEY_FILE, ensure_api_keys
+    from imagegate.serving import WORKER_ENV, check_in_subprocess, configure_logging, uvicorn_options
 
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "workers": args.workers}
     try:
@@ -24,13 +25,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
-    from imagegate.billing import metering_enabled
-
     metered = metering_enabled(settings)
     # With metering on, keys come from `imagegate keys create`; no unmetered key is made behind the operator's back.
     keys, created = ensure_api_keys(settings) if not metered else (settings.api_keys, None)
     try:
         if settings.workers == 1:
+            from imagegate.app import create_app
+
             app = create_app(settings)
         else:
             # Built and checked once in a throwaway process: a bad setting stops the start here instead of
@@ -42,11 +43,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 2
     if created:
-        print(f"Created an API key (kept in {settings.data_dir / 'api_key.txt'}):\n{created}", flush=True)
+        print(f"Created an API key (kept in {settings.data_dir / KEY_FILE}):\n{created}", flush=True)
     elif metered:
         print("Metered: accounts and keys from `imagegate accounts create` / `imagegate keys create`", flush=True)
     elif not settings.api_keys:
-        print(f"API key: see {settings.data_dir / 'api_key.txt'}", flush=True)
+        print(f"API key: see {settings.data_dir / KEY_FILE}", flush=True)
     workers = f", {settings.workers} worker processes" if settings.workers > 1 else ""
     print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir}{workers})",
           flush=True)
@@ -60,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         "config": str(args.config) if args.config else None,
         "overrides": {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items() if v is not None},
     })
-    uvicorn.run("imagegate.app:worker_app", factory=True, workers=settings.workers, **common)
+    uvicorn.run("imagegate.serving:worker_app", factory=True, workers=settings.workers, **common)
     return 0
 
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", type=Path, default=None)
     edit.set_defaults(func=_client, operation="edit")
 
-    from imagegate.billing.commands import add_commands
+    from imagegate.admin_cli import add_commands
 
     add_commands(sub)  # accounts, keys, usage, db
     return parser

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from imagegate.keyfile import KEY_FILE
+
 LOCAL_BASE_URL = "http://127.0.0.1:8000/v1"
 
 
@@ -45,7 +47,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str]:
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or LOCAL_BASE_URL
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
-        key_file = args.data_dir / "api_key.txt"
+        key_file = args.data_dir / KEY_FILE
         if key_file.exists():
             api_key = key_file.read_text().strip()
     if not api_key:

@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "IMAGEGATE_"
+DB_FILE = "imagegate.db"  # the ledger's SQLite file in the data dir, when no database URL is set
 
 
 class ConfigError(Exception):
@@ -212,3 +213,11 @@ def load_settings(
     except ValidationError as exc:
         where, what = first_error(exc)
         raise ConfigError(f"bad setting '{where}': {what}") from None
+
+
+def metering_enabled(settings: Settings) -> bool:
+    """Accounts and the ledger are on when asked for, or when there is a database to use: a database URL, an
+    admin token, or the data dir's own database (``imagegate accounts create`` makes one)."""
+    if settings.metering != "auto":
+        return settings.metering == "on"
+    return bool(settings.database_url or settings.admin_token) or (settings.data_dir / DB_FILE).exists()

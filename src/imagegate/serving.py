@@ -1,4 +1,8 @@
-"""How imagegate is served over HTTP: uvicorn's settings, and its HTTP/1.1 protocol with one change.
+"""How imagegate is served over HTTP: uvicorn's settings, its HTTP/1.1 protocol with one change, and the worker
+processes of ``serve --workers N``.
+
+The process that runs ``serve`` with workers only watches them: this module keeps the app out of it (imported,
+the app is about 100 MB of a process's memory, which the workers have already).
 
 uvicorn frames each chunk of a chunked response by joining the chunk's header, the chunk and its trailer into
 one new buffer: a copy of every byte of the body. An image answer written while it arrives is chunked (its end is
@@ -9,9 +13,18 @@ one ``writev`` and no copy.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from imagegate.config import Settings, load_settings
+
+# How the workers read the settings the parent read: its config file and command-line overrides, as JSON.
+WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
 
 # Below this a chunk is joined as uvicorn does: copying a few kilobytes costs less than a scatter write.
 _SCATTER_FROM_BYTES = 64 * 1024
@@ -56,3 +69,49 @@ class HttpProtocol(HttpToolsProtocol):
 def uvicorn_options(**options: Any) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config``: ``options`` and imagegate's protocol."""
     return {"http": HttpProtocol, **options}
+
+
+def _check_child(settings: Settings, answer) -> None:
+    """Build the app once: a bad setting shows here, and the URL-signing secret is made before any worker could
+    race to draw its own (two secrets would reject each other's links). Workers migrate the schema themselves,
+    one at a time (the database's write lock)."""
+    try:
+        from imagegate.app import create_app
+
+        create_app(settings)
+    except Exception as exc:  # every problem goes back to the parent as its one line
+        answer.send(str(exc) or type(exc).__name__)
+    else:
+        answer.send("")
+
+
+def check_in_subprocess(settings: Settings) -> str:
+    """_check_child in a spawned process; returns its problem ("" if none)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_check_child, args=(settings, send), name="imagegate-check")
+    child.start()
+    send.close()
+    try:
+        problem = receive.recv()
+    except EOFError:
+        problem = f"the start-up check died (exit code {child.exitcode})"
+    child.join()
+    return problem
+
+
+def worker_app() -> Any:
+    """The app of one `serve --workers N` process (uvicorn's factory): settings read as the parent read them."""
+    from imagegate.app import create_app
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log lines, for the serving process and every worker alike."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

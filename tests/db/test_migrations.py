@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from imagegate.config import ConfigError
-from imagegate.db import Database, head_revision, resolve_url
+from imagegate.db import SCHEMA_HEAD, Database, head_revision, resolve_url
 from imagegate.db.schema import metadata
 
 EXE = Path(sys.executable).parent / "imagegate"
@@ -88,3 +88,25 @@ def test_db_upgrade_command(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"schema revision: {head_revision()} (newest: {head_revision()})" in done.stdout
     assert (data / "imagegate.db").exists()
+
+
+def test_the_schema_head_is_the_newest_migration():
+    assert SCHEMA_HEAD == head_revision()
+
+
+def test_a_start_on_a_current_database_leaves_alembic_unloaded(tmp_path):
+    # A process of its own: whether alembic was imported is only known in a fresh interpreter.
+    script = (
+        "import asyncio, sys\n"
+        "from imagegate.db import Database, resolve_url\n"
+        "async def main():\n"
+        f"    db = Database(resolve_url('', __import__('pathlib').Path({str(tmp_path)!r})))\n"
+        "    await db.upgrade()\n"
+        "    print(await db.revision() if sys.argv[1] == 'first' else '', 'alembic' in sys.modules)\n"
+        "    await db.dispose()\n"
+        "asyncio.run(main())\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script, "first"], capture_output=True, text=True, check=True)
+    assert first.stdout.split() == [SCHEMA_HEAD, "True"]  # a new database: alembic made it
+    again = subprocess.run([sys.executable, "-c", script, "again"], capture_output=True, text=True, check=True)
+    assert again.stdout.split() == ["False"]
