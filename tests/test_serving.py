@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -116,3 +118,16 @@ def test_a_connection_closing_after_its_response(port):
         sizes, body = _read_chunked(sock)
         assert sizes == SIZES and body == EXPECTED
         assert sock.recv(1) == b""  # closed by the server once the last chunk went out
+
+
+def test_the_serve_supervisor_does_not_load_the_app():
+    # `serve --workers N` runs its command line in a process that only watches the workers: loading the app there
+    # would cost it what a worker costs (some 100 MB).
+    script = (
+        "import sys\n"
+        "from imagegate import cli, serving\n"
+        "cli.build_parser()\n"
+        "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'numpy', 'aiohttp', 'imagegate.app') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
