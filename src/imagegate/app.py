@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
-import httpx
 from fastapi import FastAPI
 
 from imagegate.api import errors as api_errors
@@ -22,7 +21,6 @@ from imagegate.engines.upstream import UpstreamSession
 from imagegate.gateway import Gateway
 from imagegate.keyfile import ensure_api_keys, existing_key
 from imagegate.memory import keep_freed_buffers
-from imagegate.moderation import ModerationClient
 from imagegate.channels import ChannelSet, ChannelStore, reload_channels, unknown_models
 from imagegate.storage import LocalStorage, UrlSigner
 from imagegate.storage.local import load_or_create_secret
@@ -94,6 +92,11 @@ def create_app(
     moderation = None
     moderation_client = None
     if settings.moderation_url:
+        # Only here: httpx (with the command-line tools it loads) is some 10 MB a process without a moderation stage.
+        import httpx
+
+        from imagegate.moderation import ModerationClient
+
         moderation_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         moderation = ModerationClient(
             settings.moderation_url, settings.moderation_api_key, settings.moderation_model, moderation_client
