@@ -57,41 +57,51 @@ def port():
     thread.join(timeout=10)
 
 
-def _read_chunked(sock: socket.socket) -> tuple[list[int], bytes]:
-    """One response from the socket: its chunk sizes and body, read by the HTTP/1.1 framing alone."""
-    buffer = b""
+class _Reader:
+    """Responses from one connection, read by the HTTP/1.1 framing alone: each one's chunk sizes and body."""
 
-    def read_until(marker: bytes) -> bytes:
-        nonlocal buffer
-        while marker not in buffer:
-            data = sock.recv(1 << 16)
-            assert data, "the connection closed inside a response"
-            buffer += data
-        head, _, buffer = buffer.partition(marker)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 16)
+        assert data, "the connection closed inside a response"
+        self.buffer += data
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            self._fill()
+        head, _, self.buffer = self.buffer.partition(marker)
         return head
 
-    def read_exactly(count: int) -> bytes:
-        nonlocal buffer
-        while len(buffer) < count:
-            data = sock.recv(1 << 16)
-            assert data, "the connection closed inside a chunk"
-            buffer += data
-        out, buffer = buffer[:count], buffer[count:]
+    def _exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self._fill()
+        out, self.buffer = self.buffer[:count], self.buffer[count:]
         return out
 
-    head = read_until(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    assert b"transfer-encoding: chunked" in head.lower()
-    sizes, body = [], b""
-    while True:
-        size = int(read_until(b"\r\n"), 16)
-        if size == 0:
-            assert read_until(b"\r\n") == b""  # no trailers: the blank line that ends the response
-            assert buffer == b"", "bytes after the end of the response"
-            return sizes, body
-        sizes.append(size)
-        body += read_exactly(size)
-        assert read_exactly(2) == b"\r\n"
+    def response(self) -> tuple[list[int], bytes]:
+        head = self._until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"transfer-encoding: chunked" in head.lower()
+        sizes, body = [], b""
+        while True:
+            size = int(self._until(b"\r\n"), 16)
+            if size == 0:
+                assert self._until(b"\r\n") == b""  # no trailers: the blank line that ends the response
+                return sizes, body
+            sizes.append(size)
+            body += self._exactly(size)
+            assert self._exactly(2) == b"\r\n"
+
+
+def _read_chunked(sock: socket.socket) -> tuple[list[int], bytes]:
+    """One response, and nothing after it."""
+    reader = _Reader(sock)
+    response = reader.response()
+    assert reader.buffer == b"", "bytes after the end of the response"
+    return response
 
 
 def test_every_chunk_arrives_whole_and_framed(port):
@@ -104,6 +114,16 @@ def test_every_chunk_arrives_whole_and_framed(port):
             assert sizes == SIZES
             assert body == EXPECTED
     assert seen_cycles == [_ScatterCycle.__name__] * 2  # the requests went through imagegate's cycle
+
+
+def test_a_pipelined_request_is_answered_after_a_large_last_chunk(port):
+    # The response ends on a large chunk (the scatter path): the request queued behind it must still start.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\nGET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        reader = _Reader(sock)
+        for _ in range(2):
+            sizes, body = reader.response()
+            assert sizes == SIZES and body == EXPECTED
 
 
 def test_a_client_reads_the_body(port):

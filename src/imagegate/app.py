@@ -27,8 +27,6 @@ from imagegate.storage.local import load_or_create_secret
 
 log = logging.getLogger("imagegate")
 
-# How `serve --workers N` hands its settings sources (config file, flags) to the worker processes.
-
 
 def _load_guard(settings: Settings):
     if settings.guard_policy == "off":

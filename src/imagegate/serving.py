@@ -31,6 +31,9 @@ _SCATTER_FROM_BYTES = 64 * 1024
 
 
 class _ScatterCycle(RequestResponseCycle):
+    # The transport keeps the body until the socket has taken it, uncopied: a body must not change after it was
+    # sent (imagegate sends bytes, and memoryviews of the upstream's bytes).
+
     async def send(self, message: Any) -> None:
         body = message.get("body", b"")
         if (
@@ -55,6 +58,7 @@ class _ScatterCycle(RequestResponseCycle):
             self.message_event.set()
             if not self.keep_alive:
                 self.transport.close()
+            self.on_response()  # starts a pipelined request, resumes reading, arms the keep-alive timeout
 
 
 class HttpProtocol(HttpToolsProtocol):
