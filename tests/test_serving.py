@@ -151,3 +151,22 @@ def test_the_serve_supervisor_does_not_load_the_app():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_without_uvloop_uvicorn_writes_as_it_does():
+    port = free_port()
+    config = uvicorn.Config(app, **uvicorn_options(host="127.0.0.1", port=port, log_level="warning", loop="asyncio"))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_healthy(port, timeout=20)
+        seen_cycles.clear()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+            sizes, body = _read_chunked(sock)
+        assert sizes == SIZES and body == EXPECTED
+        assert seen_cycles == ["RequestResponseCycle"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

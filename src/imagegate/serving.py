@@ -65,8 +65,11 @@ class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, whose requests are answered by :class:`_ScatterCycle`."""
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # Every request's cycle passes here, pipelined ones included, before its first send.
-        cycle.__class__ = _ScatterCycle
+        # Every request's cycle passes here, pipelined ones included, before its first send. Only uvloop's
+        # transports write a list of buffers in place: asyncio's join them (3.11) or, before 3.12.9, skipped flow
+        # control doing it.
+        if type(self.transport).__module__.startswith("uvloop"):
+            cycle.__class__ = _ScatterCycle
         super()._start_asgi_task(cycle, app)
 
 
