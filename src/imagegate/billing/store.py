@@ -161,6 +161,9 @@ def _api_key(row: Any) -> ApiKey:
 
 
 _KEY_COLUMNS = [*api_keys.c, accounts.c.name.label("account_name")]
+# Written out, not bound: the open holds' index is partial (status = 'open'), and a planner may only use it when the
+# query says so in the SQL itself (PostgreSQL's generic plans do not look at parameter values).
+_OPEN = holds.c.status == sa.literal_column("'open'")
 
 # The statements of every request, built once with bind parameters: SQLAlchemy reuses a built statement's compiled
 # form as it is, while building one and working out its cache key took several times as long as running it (about
@@ -208,7 +211,7 @@ _HOLD_ON_KEY = Prebuilt(
 )
 # Closes the hold once (``status = 'open'`` is part of the WHERE) and charges the cost, capped at the hold.
 _SETTLE_HOLD = Prebuilt(
-    sa.update(holds).where(holds.c.id == sa.bindparam("hold_id"), holds.c.status == "open")
+    sa.update(holds).where(holds.c.id == sa.bindparam("hold_id"), _OPEN)
     .values(status="settled", closed_at=sa.bindparam("now"), charged_micro=sa.case(
         (holds.c.amount_micro < sa.bindparam("cost", type_=Money), holds.c.amount_micro),
         else_=sa.bindparam("cost", type_=Money),
@@ -582,7 +585,7 @@ class BillingStore:
 
     def _release(self, conn: Connection, hold_id: str, reason: str, status: str, now: float) -> bool:
         hold = conn.execute(
-            sa.update(holds).where(holds.c.id == hold_id, holds.c.status == "open")
+            sa.update(holds).where(holds.c.id == hold_id, _OPEN)
             .values(status="released", closed_at=now, charged_micro=0)
             .returning(holds.c.amount_micro, holds.c.account_id, holds.c.key_id, holds.c.request_id, holds.c.usage_id)
         ).first()
@@ -681,7 +684,7 @@ class BillingStore:
         ).scalar_one()
         open_holds = conn.execute(
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(holds.c.amount_micro), 0))
-            .where(holds.c.account_id == account_id, holds.c.status == "open")
+            .where(holds.c.account_id == account_id, _OPEN)
         ).one()
         return {
             "topup": int(by_kind.get("topup", 0)),
@@ -724,7 +727,7 @@ class BillingStore:
             conn.execute(sa.insert(instances).values(self._instance_row(now)))
         if live:
             conn.execute(sa.update(holds).where(
-                holds.c.id.in_(live), holds.c.instance_id == self.instance_id, holds.c.status == "open"
+                holds.c.id.in_(live), holds.c.instance_id == self.instance_id, _OPEN
             ).values(expires_at=now + self.hold_ttl))
 
     def _same_pid_space(self, row: Any) -> bool:
@@ -766,7 +769,7 @@ class BillingStore:
     def _reconcile_candidates(self, conn: Connection) -> tuple[list[Any], list[Any]]:
         known = conn.execute(sa.select(instances)).all()
         candidates = conn.execute(
-            sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at).where(holds.c.status == "open")
+            sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at).where(_OPEN)
         ).all()
         return known, candidates
 

@@ -48,7 +48,7 @@ LOCK_SUFFIX = ".writelock"  # imagegate.db.writelock: the file whose flock is th
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration (tests check it against alembic's own reading of migrations/versions): a database already
 # there is not handed to alembic at start.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 # Any number, the same in every process: serialises concurrent `upgrade` runs against one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x1A6E6A7E
 _SQLITE_READERS = 4
