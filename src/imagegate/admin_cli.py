@@ -91,7 +91,8 @@ async def _run(args: argparse.Namespace, settings) -> int:
 
     prices = load_price_book(settings.price_file)
     url = resolve_url(settings.database_url, settings.data_dir)
-    command = args.command if args.command != "usage" else "usage"
+    timeout = settings.database_write_timeout_seconds
+    command = args.command
     if command == "db":
         from sqlalchemy.engine import make_url
 
@@ -99,11 +100,11 @@ async def _run(args: argparse.Namespace, settings) -> int:
         if args.action == "current" and make_url(url).get_backend_name() == "sqlite" and not Path(database).exists():
             revision = None  # looking must not create the file (its presence turns metering on)
         else:
-            async with opened(url, upgrade=args.action == "upgrade") as db:
+            async with opened(url, upgrade=args.action == "upgrade", write_timeout=timeout) as db:
                 revision = await db.revision()
         print(f"schema revision: {revision or 'none'} (newest: {head_revision()})")
         return 0
-    async with opened(url) as db:
+    async with opened(url, write_timeout=timeout) as db:
         out = _Out(prices, getattr(args, "json", False))
         return await _HANDLERS[(command, args.action)](BillingStore(db), args, out, prices)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "IMAGEGATE_"
 DB_FILE = "imagegate.db"  # the ledger's SQLite file in the data dir, when no database URL is set
+WRITE_TIMEOUT_S = 60.0  # database_write_timeout_seconds' default
 
 
 class ConfigError(Exception):
@@ -121,7 +122,7 @@ class Settings(BaseModel):
     database_url: str = ""  # empty: SQLite in data_dir/imagegate.db; or postgresql+asyncpg://user@host/db
     # SQLite: how long a write waits for its turn (held by another worker, the CLI, a hung process) before the
     # request gets 503 database_unavailable.
-    database_write_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    database_write_timeout_seconds: float = Field(WRITE_TIMEOUT_S, gt=0, le=3600)
     admin_token: str = ""  # guards /admin; empty: the admin API is off
     price_file: Path | None = None  # overrides the shipped price book (billing/prices.toml)
     hold_ttl_seconds: int = Field(3600, ge=60)  # a hold whose server stops heart-beating is released after this

@@ -89,12 +89,50 @@ def test_an_unknown_price_group_is_refused():
     assert exc.value.code == "price_group_missing"
 
 
+def _sqlite_error(tmp_path, kind: str) -> Exception:
+    """A real sqlite3 error: the file locked by another connection, a unique value taken, or a statement naming no
+    such column."""
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (a UNIQUE)")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        if kind == "locked":
+            holder.execute("BEGIN IMMEDIATE")
+            other.execute("BEGIN IMMEDIATE")
+        elif kind == "taken":
+            other.execute("INSERT INTO t VALUES (1), (1)")
+        else:
+            other.execute("SELECT nope FROM t")
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        holder.close()
+        other.close()
+    raise AssertionError("no error")
+
+
+def _postgres_error(sqlstate: str) -> Exception:
+    # As SQLAlchemy's asyncpg dialect hands on every server error: one class, the SQLSTATE as an attribute.
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+
+    error = AsyncAdapt_asyncpg_dbapi.Error(f"SQLSTATE {sqlstate}")
+    error.sqlstate = error.pgcode = sqlstate
+    return error
+
+
 @pytest.mark.parametrize("orig,tries", [
-    ("dropped", 3),  # a dropped connection: tried again at once (a pause between)
+    ("sqlite_locked", 3),  # the file locked elsewhere: tried again at once (a pause between)
+    ("pg_deadlock", 3),  # PostgreSQL chose this transaction as a deadlock's victim: it rolled back whole
+    ("pg_gone", 3),  # the server is shutting down
     ("no_turn", 1),  # the turn was held elsewhere for the whole write timeout: left to the background tries
-    ("bad_sql", 1),  # a statement the database refuses fails the same way again
+    ("sqlite_no_column", 1),  # a statement the database refuses fails the same way again (an OperationalError too)
+    ("pg_no_column", 1),
+    ("sqlite_taken", 1),  # an IntegrityError
 ])
-def test_a_settlement_is_tried_again_at_once_only_when_that_can_help(orig, tries, monkeypatch):
+def test_a_settlement_is_tried_again_at_once_only_when_that_can_help(orig, tries, monkeypatch, tmp_path):
     import sqlite3
 
     from sqlalchemy.exc import DBAPIError
@@ -102,13 +140,20 @@ def test_a_settlement_is_tried_again_at_once_only_when_that_can_help(orig, tries
     from imagegate.db import NoTurnToWrite
 
     monkeypatch.setattr(asyncio, "sleep", lambda _seconds: _no_wait())  # the pauses between tries
-    reason = {"dropped": sqlite3.OperationalError("disk I/O error"), "no_turn": NoTurnToWrite("database is locked"),
-              "bad_sql": sqlite3.ProgrammingError("no such column")}[orig]
+    reason = {
+        "sqlite_locked": lambda: _sqlite_error(tmp_path, "locked"),
+        "sqlite_no_column": lambda: _sqlite_error(tmp_path, "no_column"),
+        "sqlite_taken": lambda: _sqlite_error(tmp_path, "taken"),
+        "pg_deadlock": lambda: _postgres_error("40P01"),
+        "pg_gone": lambda: _postgres_error("57P01"),
+        "pg_no_column": lambda: _postgres_error("42703"),
+        "no_turn": lambda: NoTurnToWrite("database is locked"),
+    }[orig]()
     calls = []
 
     async def attempt():
         calls.append(1)
-        raise DBAPIError.instance("UPDATE holds", None, reason, sqlite3.Error)
+        raise DBAPIError.instance("UPDATE holds", None, reason, type(reason))
 
     with pytest.raises(DBAPIError):
         asyncio.run(Billing._retry(attempt))

@@ -369,9 +369,11 @@ def test_no_turn_to_write_in_time_is_503_database_unavailable_and_charges_nothin
         error = exc.value
         assert error.status_code == 503 and error.code == "database_unavailable" and error.type == "server_error"
         assert error.response.headers["retry-after"] == "1"
-        assert list((live.settings.data_dir / "images").iterdir()) == []
         raw = client(live, key).images.with_raw_response.generate(**LOW)  # the same request, now that it can
         assert raw.headers["x-imagegate-cost"] == "0.011025"
         t = settled(live, "acme")
+        # The request given up on left no trace: the hold's transaction (with its usage row) never ran.
+        rows = admin(live, "GET", "/usage", params={"account": "acme"}).json()["data"]
+        assert [(row["status"], row["cost_micro"]) for row in rows] == [("ok", 11_025)]
         assert t["open_holds"] == 0 and t["settle"] == 11_025 and t["balance"] == 1_000_000 - 11_025
         assert_books_balance(t)

@@ -7,9 +7,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagegate.db import TRANSIENT_ERRORS
+from imagegate.db import is_transient
 from imagegate.errors import ImagegateError, InvalidRequest, MethodNotAllowed, NotFound, ServerError
 
 log = logging.getLogger("imagegate.api")
@@ -56,16 +58,18 @@ def install(app: FastAPI) -> None:
     async def _database(request: Request, exc: Exception) -> JSONResponse:
         # A database away or busy, not one that refused what we asked (those stay 500s: retrying cannot help).
         # Nothing is charged for it: a hold whose commit went unheard is nobody's, it expires and is released.
+        if not is_transient(exc):
+            return await _unexpected(request, exc)
         log.error("database error on %s %s: %s", request.method, request.url.path, exc)
         return error_response(ServerError(
             "The gateway's database is unavailable or busy, so the request was refused. Retry shortly.",
             status=503, code="database_unavailable", headers={"retry-after": "1"},
         ))
 
-    for transient in TRANSIENT_ERRORS:
-        app.add_exception_handler(transient, _database)
-
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(ServerError("The server had an error while processing your request."))
+
+    for database_error in (DBAPIError, PoolTimeout):
+        app.add_exception_handler(database_error, _database)

@@ -10,4 +10,3 @@ __all__ = [
     "Billing", "BillingRuntime", "Idempotency", "PriceBook", "PriceBookError", "Settlement", "Ticket",
     "load_price_book",
 ]
-

@@ -25,7 +25,7 @@ from imagegate.billing.prices import ModelPrice, PriceBook
 from imagegate.billing.pricing import Cost
 from imagegate.billing.store import BillingStore, IdempotencyRecord, UsageMeta
 from imagegate.catalog.tokens import Usage
-from imagegate.db import TRANSIENT_ERRORS, no_turn_to_write
+from imagegate.db import is_transient, no_turn_to_write
 from imagegate.errors import Conflict, ImagegateError, InsufficientQuota, PermissionDenied, ServerError
 
 if TYPE_CHECKING:
@@ -324,8 +324,8 @@ class Billing:
             # The database away or busy: the transaction never began or rolled back whole. Other errors would fail
             # the same way again; and a turn to write that another process held for the whole write timeout is not
             # worth waiting for twice more here (the background tries take over).
-            except TRANSIENT_ERRORS as exc:
-                if attempt == 2 or no_turn_to_write(exc):
+            except Exception as exc:
+                if not is_transient(exc) or attempt == 2 or no_turn_to_write(exc):
                     raise
                 log.warning("settlement hit a database error; retrying", exc_info=True)
                 await asyncio.sleep(0.2 * (attempt + 1))

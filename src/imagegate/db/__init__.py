@@ -38,11 +38,11 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from imagegate.config import DB_FILE, ConfigError
+from imagegate.config import DB_FILE, WRITE_TIMEOUT_S, ConfigError
 
 LOCK_SUFFIX = ".writelock"  # imagegate.db.writelock: the file whose flock is the turn to write
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -52,14 +52,13 @@ SCHEMA_HEAD = "0003"
 # Any number, the same in every process: serialises concurrent `upgrade` runs against one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x1A6E6A7E
 _SQLITE_READERS = 4
-# How long a write may wait for its turn (SQLite): as long as SQLite's own busy timeout. A process that hangs
-# holding the turn (a stuck disk, a `write()` block that never ends) then fails the writes queued behind it with
-# "database is locked", as SQLite would, instead of stalling every request for ever.
-WRITE_TIMEOUT_S = 60.0
-# A database that is away or busy (a dropped connection, a lock held too long, no pooled connection in time): the
-# transaction never began or rolled back whole, and the same request may succeed later. Anything else (a taken key,
-# a bad statement) fails the same way again.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+# Errors of a database that is away or busy, by the driver's own code: sqlite3 raises OperationalError for a missing
+# table as for a locked file, and asyncpg's errors all reach SQLAlchemy as plain DBAPIError.
+_SQLITE_TRANSIENT = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_IOERR,
+                     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL}
+# SQLSTATE classes: connection exception, transaction rollback (deadlock, serialization), insufficient resources,
+# operator intervention (shutdown), system error; and lock_not_available.
+_PG_TRANSIENT_CLASSES = {"08", "40", "53", "57", "58"}
 
 
 class NoTurnToWrite(sqlite3.OperationalError):
@@ -68,6 +67,24 @@ class NoTurnToWrite(sqlite3.OperationalError):
 
 def no_turn_to_write(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "orig", None), NoTurnToWrite)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database is away or busy (a dropped connection, a lock held too long, a deadlock, no pooled connection
+    in time): the transaction never began or rolled back whole, and the same request may succeed later. Anything
+    else (a taken key, a missing table, a bad statement) would fail the same way again."""
+    if isinstance(exc, (InterfaceError, PoolTimeout)):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if exc.connection_invalidated or isinstance(orig, (NoTurnToWrite, OSError)):  # OSError: the connection broke
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_TRANSIENT  # the primary code; the extended one is in the high bits
+    state = getattr(orig, "sqlstate", None) or ""
+    return state[:2] in _PG_TRANSIENT_CLASSES or state == "55P03"
 
 T = TypeVar("T")
 
@@ -101,9 +118,10 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(
+                # timeout: SQLite's busy timeout, for writers that take no turn through the lock file
                 url, connect_args={"timeout": write_timeout}, pool_size=8, max_overflow=8, pool_timeout=60
             )
-            _sqlite_setup(self.engine.sync_engine, write_timeout)
+            _sqlite_setup(self.engine.sync_engine)
             self._sqlite = _SqliteThreads(parsed.set(drivername="sqlite+pysqlite"), f"{database}{LOCK_SUFFIX}",
                                           write_timeout)
         else:
@@ -152,6 +170,8 @@ class Database:
                 yield conn
 
     async def upgrade(self) -> None:
+        if await self.revision() == SCHEMA_HEAD:
+            return  # the usual start: read without taking the turn to write (a hung writer cannot stall it)
         if self._sqlite is None:
             await self.run_write(_alembic_upgrade)
         else:
@@ -161,7 +181,7 @@ class Database:
 
     async def revision(self) -> str | None:
         """The schema revision the database is at (None: not created yet)."""
-        return await self.run_read(_current_revision)
+        return await self.run_read(_at_revision)
 
     async def dispose(self) -> None:
         """Close every connection; on SQLite also wait for the writer and reader threads to finish and end."""
@@ -193,7 +213,7 @@ class Prebuilt:
         compiled = self._sqlite.get(names)
         if compiled is None:
             built = self.statement.compile(dialect=conn.dialect, column_keys=sorted(names))
-            # Values the statement holds itself (status = 'open') are bound parameters too; one the caller must give
+            # Values the statement holds itself (state = 'done') are bound parameters too; one the caller must give
             # and did not is a KeyError, as a programming error should be, not a database failure.
             own = {name: bind.effective_value for name, bind in built.binds.items() if not bind.required}
             compiled = self._sqlite[names] = (str(built), tuple(built.positiontup), own)
@@ -269,7 +289,7 @@ class _SqliteThreads:
         # One connection per thread; each is used by one thread at a time, not always the one that opened it.
         self.engine = sa.create_engine(url, connect_args={"timeout": write_timeout, "check_same_thread": False},
                                        pool_size=_SQLITE_READERS + 1, max_overflow=0)
-        _sqlite_setup(self.engine, write_timeout)
+        _sqlite_setup(self.engine)
         self._writer = self.engine.execution_options(imagegate_write=True)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="imagegate-db-write")
         self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
@@ -393,6 +413,8 @@ class _SqliteThreads:
                         try:
                             with conn.begin_nested():
                                 outcomes[i] = (True, jobs[i].fn(conn, *jobs[i].args))
+                        except IntegrityError as exc:  # the job's own conflict: its savepoint undid it alone
+                            outcomes[i] = (False, exc)
                         except DBAPIError:
                             raise _BatchBroken() from None
                         except Exception as exc:  # refused by the job's own logic (insufficient quota, ...)
@@ -475,7 +497,7 @@ def _alembic_config(connection):
 
 def _alembic_upgrade(connection) -> None:
     if _at_revision(connection) == SCHEMA_HEAD:
-        return  # the usual start: nothing to do, and alembic (some 10 MB of each process's memory) stays unloaded
+        return  # another process migrated it while this one waited; alembic (some 10 MB) stays unloaded
     from alembic import command
 
     if connection.dialect.name == "postgresql":
@@ -493,12 +515,6 @@ def _at_revision(connection) -> str | None:
     return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def _current_revision(connection) -> str | None:
-    from alembic.migration import MigrationContext
-
-    return MigrationContext.configure(connection).get_current_revision()
-
-
 def _driver_execute(driver: sqlite3.Connection, statement: str) -> None:
     """A statement straight to sqlite3, failing as SQLAlchemy would (DBAPIError: a database error, not a bug)."""
     try:
@@ -507,7 +523,7 @@ def _driver_execute(driver: sqlite3.Connection, statement: str) -> None:
         raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
-def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
+def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see _begin).
@@ -516,7 +532,6 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")  # a committed charge survives a power cut, not just a crash
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")  # writers without our lock file
         cursor.close()
 
     @event.listens_for(engine, "begin")
