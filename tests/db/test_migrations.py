@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from imagegate.config import ConfigError
-from imagegate.db import SCHEMA_HEAD, Database, head_revision, resolve_url
+from imagegate.db import SCHEMA_HEAD, Database, head_revision, opened, resolve_url
 from imagegate.db.schema import metadata
 
 EXE = Path(sys.executable).parent / "imagegate"
@@ -112,28 +112,20 @@ def test_a_start_on_a_current_database_leaves_alembic_unloaded(tmp_path):
     assert again.stdout.split() == ["False"]
 
 
-def test_open_holds_are_found_through_their_partial_index(database_url):
+@pytest.mark.parametrize("query", ["_OPEN_HOLDS", "_ACCOUNT_OPEN_HOLDS"])
+def test_open_holds_are_found_through_their_partial_index(database_url, query):
     # Reconciliation and the account summary ask for open holds: written as a literal, the condition lets both
     # planners use the partial index instead of reading every hold ever placed.
-    from sqlalchemy.dialects import postgresql, sqlite
+    from imagegate.billing import store
 
-    from imagegate.billing.store import _OPEN
-    from imagegate.db.schema import holds
-
-    query = sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at).where(_OPEN)
+    statement = getattr(store, query).params(account_id=1)
 
     async def main():
-        db = Database(database_url)
-        try:
-            await db.upgrade()
-            async with db.read() as conn:
-                if conn.dialect.name == "sqlite":
-                    sql = str(query.compile(dialect=sqlite.dialect()))
-                    return str((await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)).all())
-                sql = str(query.compile(dialect=postgresql.dialect()))
-                await conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table is otherwise just read
-                return str((await conn.exec_driver_sql("EXPLAIN " + sql)).all())
-        finally:
-            await db.dispose()
+        async with opened(database_url) as db, db.read() as conn:
+            sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            if conn.dialect.name == "sqlite":
+                return str((await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)).all())
+            await conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table is otherwise just read
+            return str((await conn.exec_driver_sql("EXPLAIN " + sql)).all())
 
-    assert "ix_holds_open_expires" in asyncio.run(main())
+    assert "ix_holds_open_account" in asyncio.run(main())

@@ -164,6 +164,11 @@ _KEY_COLUMNS = [*api_keys.c, accounts.c.name.label("account_name")]
 # Written out, not bound: the open holds' index is partial (status = 'open'), and a planner may only use it when the
 # query says so in the SQL itself (PostgreSQL's generic plans do not look at parameter values).
 _OPEN = holds.c.status == sa.literal_column("'open'")
+_OPEN_HOLDS = sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at).where(_OPEN)  # for reconciliation
+_ACCOUNT_OPEN_HOLDS = (
+    sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(holds.c.amount_micro), 0))
+    .where(holds.c.account_id == sa.bindparam("account_id"), _OPEN)
+)
 
 # The statements of every request, built once with bind parameters: SQLAlchemy reuses a built statement's compiled
 # form as it is, while building one and working out its cache key took several times as long as running it (about
@@ -682,10 +687,7 @@ class BillingStore:
             sa.select(sa.func.coalesce(sa.func.sum(usage_log.c.cost_micro), 0))
             .where(usage_log.c.account_id == account_id, usage_log.c.metered.is_(True))
         ).scalar_one()
-        open_holds = conn.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(holds.c.amount_micro), 0))
-            .where(holds.c.account_id == account_id, _OPEN)
-        ).one()
+        open_holds = conn.execute(_ACCOUNT_OPEN_HOLDS, {"account_id": account_id}).one()
         return {
             "topup": int(by_kind.get("topup", 0)),
             "hold": int(by_kind.get("hold", 0)),
@@ -768,9 +770,7 @@ class BillingStore:
 
     def _reconcile_candidates(self, conn: Connection) -> tuple[list[Any], list[Any]]:
         known = conn.execute(sa.select(instances)).all()
-        candidates = conn.execute(
-            sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at).where(_OPEN)
-        ).all()
+        candidates = conn.execute(_OPEN_HOLDS).all()
         return known, candidates
 
     def _forget(self, conn: Connection, dead: set[str], now: float) -> None:

@@ -58,6 +58,8 @@ api_keys = sa.Table(
     sa.CheckConstraint("held_micro >= 0", name="held_not_negative"),
 )
 
+OPEN_HOLD = sa.text("status = 'open'")
+
 holds = sa.Table(
     "holds",
     metadata,
@@ -74,10 +76,9 @@ holds = sa.Table(
     sa.Column("expires_at", Time, nullable=False),
     sa.Column("closed_at", Time, nullable=True),
     sa.CheckConstraint("amount_micro >= 0", name="amount_not_negative"),
-    # Open holds only: what reconciliation and the account summary look for. Closing a hold takes it out, so the
-    # index stays as small as the holds in flight, and a settlement writes no index entry for the closed hold.
-    sa.Index("ix_holds_open_expires", "expires_at", sqlite_where=sa.text("status = 'open'"),
-             postgresql_where=sa.text("status = 'open'")),
+    # Open holds only, by account: what reconciliation and the account summary look for. Closing a hold takes it
+    # out, so the index stays as small as the holds in flight; the heartbeat's new expiry times never touch it.
+    sa.Index("ix_holds_open_account", "account_id", sqlite_where=OPEN_HOLD, postgresql_where=OPEN_HOLD),
 )
 
 # Append-only. kind: topup (balance +), hold (held +), settle (balance -, closes part of a hold), release (closes

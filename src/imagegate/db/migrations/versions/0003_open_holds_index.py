@@ -1,4 +1,4 @@
-"""Holds: one partial index over the open holds instead of two over every hold.
+"""Holds: one partial index over the open holds, by account, instead of two over every hold.
 
 Revision ID: 0003
 Revises: 0002
@@ -21,10 +21,10 @@ _OPEN = sa.text("status = 'open'")
 def upgrade() -> None:
     op.drop_index("ix_holds_status_expires", table_name="holds")
     op.drop_index("ix_holds_instance_status", table_name="holds")
-    op.create_index("ix_holds_open_expires", "holds", ["expires_at"], sqlite_where=_OPEN, postgresql_where=_OPEN)
+    op.create_index("ix_holds_open_account", "holds", ["account_id"], sqlite_where=_OPEN, postgresql_where=_OPEN)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_holds_open_expires", table_name="holds")
+    op.drop_index("ix_holds_open_account", table_name="holds")
     op.create_index("ix_holds_status_expires", "holds", ["status", "expires_at"])
     op.create_index("ix_holds_instance_status", "holds", ["instance_id", "status"])
