@@ -7,11 +7,12 @@ not change, and swaps the router's list in one assignment: a request already rou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -50,9 +51,13 @@ def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> 
     return given, used
 
 
-def unknown_models(configs: "list[ChannelConfig] | tuple[ChannelConfig, ...]", catalog: Catalog) -> list[str]:
+def unknown_models(configs: Iterable[ChannelConfig], catalog: Catalog) -> list[str]:
     """The model ids channels name that the catalog does not have."""
     return sorted({m for c in configs for m in c.models if catalog.get(m) is None})
+
+
+def _dumped(config: ChannelConfig) -> str:
+    return json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
 
 
 class ChannelStore:
@@ -68,10 +73,9 @@ class ChannelStore:
 
     async def add(self, config: ChannelConfig) -> bool:
         """Store a new channel; False if one of that name is stored already (by any process)."""
-        stored = json.dumps(config.model_dump(mode="json"), separators=(",", ":"))
-
         def write(conn) -> None:
-            conn.execute(sa.insert(channels_table).values(name=config.name, config=stored, updated_at=time.time()))
+            conn.execute(sa.insert(channels_table).values(name=config.name, config=_dumped(config),
+                                                          updated_at=time.time()))
 
         try:
             await self.db.run_write(write)
@@ -84,12 +88,15 @@ class ChannelStore:
         a change made meanwhile by another process is neither lost nor brought back; None if none is stored."""
 
         def write(conn) -> ChannelConfig | None:
-            row = conn.execute(sa.select(channels_table.c.config).where(channels_table.c.name == name)).first()
+            # Locked as it is read (PostgreSQL; SQLite's write turn is the whole file's): a change or a removal by
+            # another process waits for this one, or this one sees it.
+            row = conn.execute(sa.select(channels_table.c.config).where(channels_table.c.name == name)
+                               .with_for_update()).first()
             if row is None:
                 return None
             config = change(json.loads(row.config))
-            conn.execute(sa.update(channels_table).where(channels_table.c.name == name).values(
-                config=json.dumps(config.model_dump(mode="json"), separators=(",", ":")), updated_at=time.time()))
+            conn.execute(sa.update(channels_table).where(channels_table.c.name == name)
+                         .values(config=_dumped(config), updated_at=time.time()))
             return config
 
         return await self.db.run_write(write)
@@ -112,6 +119,8 @@ class ChannelSet:
         self.session = session
         self.router = Router([Channel(c, channel_engine(c, session)) for c in file_channels])
         self.catalog = route_catalog(base_catalog, self.router)
+        # One reload at a time: a read that began before another server's change must not be applied after it.
+        self.reloading = asyncio.Lock()
 
     def apply(self, admin_raw: list[dict[str, Any]]) -> None:
         """Route to the file's channels plus these. A stored channel that no longer parses (a model removed from
@@ -155,9 +164,10 @@ async def reload_channels(state: Any) -> bool:
     """Route to the config file's channels plus the stored ones, if those changed since last applied; the
     gateway's queues follow the channels' caps. Returns whether anything changed."""
     channel_set: ChannelSet = state.channels
-    stored = await state.channel_store.all()
-    if stored == channel_set.stored:
-        return False
-    channel_set.apply(stored)
-    state.gateway.resize_queues()
-    return True
+    async with channel_set.reloading:
+        stored = await state.channel_store.all()
+        if stored == channel_set.stored:
+            return False
+        channel_set.apply(stored)
+        state.gateway.resize_queues()
+        return True

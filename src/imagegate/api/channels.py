@@ -11,7 +11,8 @@ from imagegate.api.admin import require_admin
 from imagegate.api.auth import redact
 from imagegate.api.wire import json_body
 from imagegate.catalog import Catalog
-from imagegate.channels import ChannelConfig, ChannelError, ChannelSet, ChannelStore, parse_channel, reload_channels
+from imagegate.channels import ChannelError, ChannelSet, ChannelStore, parse_channel, reload_channels
+from imagegate.config import ChannelConfig
 from imagegate.errors import Conflict, ImagegateError, InvalidRequest, NotFound
 
 router = APIRouter(prefix="/admin/channels", dependencies=[Depends(require_admin)])
@@ -36,7 +37,11 @@ def _described(request: Request) -> list[dict[str, Any]]:
 
 
 def _one(request: Request, name: str) -> dict[str, Any]:
-    return next(c for c in _described(request) if c["name"] == name)
+    # Another server may have removed it since this one's change: answer as a later request would.
+    found = next((c for c in _described(request) if c["name"] == name), None)
+    if found is None:
+        raise _missing(name)
+    return found
 
 
 def _parsed(catalog: Catalog, raw: dict[str, Any]) -> ChannelConfig:
