@@ -147,3 +147,26 @@ def test_printable_ascii_that_is_no_base64_passes_as_the_upstream_sent_it():
     # the image decodes to stays the upstream's business, as with any other corrupt base64.
     doc = _scan(b'{"data":[{"b64_json":"QU !\x7fJD"}]}', [])[1]
     assert _text(doc) == {"data": [{"b64_json": "QU !\x7fJD"}]}
+
+
+def test_escaped_base64_comes_out_one_piece_a_chunk():
+    # PHP escapes every '/', .NET every '+': tens of thousands of escapes in an image, each of which used to
+    # become a piece of its own (and a chunk of its own in the answer).
+    image = base64.b64encode(bytes(range(256)) * 400)
+    escaped = image.replace(b"/", b"\\/").replace(b"+", b"\\u002B")
+    body = b'{"data":[{"b64_json":"' + escaped + b'"}]}'
+    cuts = list(range(4096, len(body), 4096))
+    scanner = AnswerScanner(max_bytes=1 << 20)
+    for start in [0, *cuts]:
+        scanner.feed(body[start:start + 4096])
+    assert len(scanner.images[0].stream._pieces) <= len(cuts) + 1  # before text() joins them
+    assert bytes(scanner.images[0].stream.text()) == image
+
+
+@pytest.mark.parametrize("escape", [b"\\\\/", b"\\u0x2b", b"\\u 02b", b"\\u+02b", b"\\u0_2b", b"\\u0041\\u0022",
+                                    b"\\t"])
+def test_escapes_base64_never_needs_are_refused(escape):
+    # An escaped backslash, a \u whose four characters are not hex digits (int() would take these), a quote.
+    for cut in ([], [22], [23], [25]):
+        with pytest.raises(ValueError):
+            _scan(b'{"data":[{"b64_json":"QU' + escape + b'JD"}]}', cut)

@@ -165,41 +165,65 @@ class AnswerScanner:
         return end
 
     def _base64(self, chunk: bytes, pos: int) -> int:
-        """Take base64 until the string's closing quote or the chunk's end; returns where it stopped."""
+        """Take base64 until the string's closing quote or the chunk's end; returns where it stopped. What a chunk
+        adds goes to the image as one piece: escaped base64 (PHP escapes every '/') would otherwise come out as
+        tens of thousands of pieces, each written to the client on its own."""
         image = self.images[-1]
         end = len(chunk)
+        text = bytearray()  # this chunk's base64 with its escapes undone, where it has any
         if self._escape is not None:  # an escape cut by the chunk's edge
-            pos = self._take_escape(image, chunk, pos)
+            pos = self._take_escape(text, chunk, pos)
             if self._escape is not None:
                 return end
-        rest = chunk if pos == 0 else memoryview(chunk)[pos:]
-        if _plain_base64(rest) and chunk.find(b"\\", pos) < 0:
-            # The common case, a piece from inside the string: no quote, no escape, nothing to refuse.
-            image.feed(rest)
-            return end
-        while pos < end:
-            quote = chunk.find(b'"', pos)
-            stop = quote if quote >= 0 else end
+        if pos < end and chunk.find(b"\\", pos) < 0:
+            rest = chunk if pos == 0 else memoryview(chunk)[pos:]
+            if _lowest(rest) >= 0x2B:
+                # The common case, a piece from inside the string: no quote, no escape, nothing to refuse.
+                self._feed(image, text)
+                image.feed(rest)
+                return end
+        quote = chunk.find(b'"', pos)
+        stop = quote if quote >= 0 else end
+        if chunk.find(b"\\", pos, stop) >= 0:
+            # The escapes relays use (PHP's \/, .NET's \u002B), undone in C. A backslash left after that is another
+            # escape, or one cut by the chunk's edge: the loop below reads those one by one.
+            plain = chunk[pos:stop].replace(b"\\/", b"/").replace(b"\\u002B", b"+")
+            if plain.find(b"\\") < 0:
+                text += plain
+                pos = stop
+        while pos < stop:
             backslash = chunk.find(b"\\", pos, stop)
-            if backslash >= 0:
-                stop = backslash
-            if stop > pos:
-                piece = chunk if (pos == 0 and stop == end) else memoryview(chunk)[pos:stop]
-                _check_printable(piece)
-                image.feed(piece)
-            if stop == end:
-                return end
-            if stop == quote:
-                image.close()
-                self._state = _OUT
-                return quote + 1
+            if backslash < 0:
+                piece = memoryview(chunk)[pos:stop]
+                if text:
+                    text += piece
+                else:  # no escape in this chunk: no copy either
+                    _check(piece)
+                    image.feed(piece)
+                pos = stop
+                break
+            text += memoryview(chunk)[pos:backslash]
             self._escape = bytearray()
-            pos = self._take_escape(image, chunk, backslash + 1)
-            if self._escape is not None:
+            pos = self._take_escape(text, chunk, backslash + 1)
+            if self._escape is not None:  # cut by the chunk's edge: the rest comes with the next chunk
+                self._feed(image, text)
                 return end
-        return end
+        self._feed(image, text)
+        if quote < 0:
+            return end
+        image.close()
+        self._state = _OUT
+        return quote + 1
 
-    def _take_escape(self, image: ArrivingImage, chunk: bytes, pos: int) -> int:
+    @staticmethod
+    def _feed(image: ArrivingImage, text: bytearray) -> None:
+        """The unescaped base64 gathered so far, checked, to the image."""
+        if text:
+            _check(text)
+            image.feed(bytes(text))
+            text.clear()
+
+    def _take_escape(self, text: bytearray, chunk: bytes, pos: int) -> int:
         escape = self._escape
         assert escape is not None
         while pos < len(chunk) and not _whole(escape):
@@ -207,9 +231,7 @@ class AnswerScanner:
             pos += 1
         if _whole(escape):
             self._escape = None
-            text = _unescaped(escape)
-            if text:
-                image.feed(text)
+            text += _unescaped(escape)
         return pos
 
     # -- ending ------------------------------------------------------------------------------------------------
@@ -248,6 +270,7 @@ class AnswerScanner:
 
 
 _BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def _whole(escape: bytearray) -> bool:
@@ -261,25 +284,21 @@ def _unescaped(escape: bytearray) -> bytes:
         return b"/"
     if escape[0] in (0x6E, 0x72):  # n, r
         return b""
-    if escape[0] == 0x75:
-        try:
-            char = chr(int(bytes(escape[1:]).decode("ascii"), 16))
-        except ValueError:
-            char = ""
+    digits = bytes(escape[1:])
+    if escape[0] == 0x75 and len(digits) == 4 and all(d in _HEX_DIGITS for d in digits):  # int() takes " 2b", "0x2b"
+        char = chr(int(digits, 16))
         if char in _BASE64_CHARS:
             return char.encode("ascii")
     raise ValueError("b64_json holds an escape that base64 never needs")
 
 
-def _plain_base64(piece: bytes | memoryview) -> bool:
-    # Every byte from '+' (0x2B, the lowest base64 character) up to 0x7F, in one pass: read as signed, non-ASCII is
-    # negative. That rules out the quote (0x22) and every control character; of what it lets through, only the
-    # backslash still needs a look.
-    return len(piece) > 0 and np.frombuffer(piece, np.int8).min() >= 0x2B
-
-
-def _check_printable(piece: bytes | memoryview) -> None:
-    # One pass: read as signed, bytes from 0x80 up are negative, so a minimum under 0x20 finds both the control
-    # characters JSON forbids in a string and non-ASCII. (DEL passes: it is no base64 either, but valid JSON.)
-    if np.frombuffer(piece, np.int8).min() < 0x20:
+def _check(piece: bytes | bytearray | memoryview) -> None:
+    if _lowest(piece) < 0x20:  # control characters JSON forbids in a string, and non-ASCII
         raise ValueError("b64_json holds characters that base64 never has")
+
+
+def _lowest(piece: bytes | bytearray | memoryview) -> int:
+    # One pass: read as signed, bytes from 0x80 up are negative, so the minimum tells non-ASCII and control
+    # characters (under 0x20) at once; from 0x2B ('+', the lowest base64 character) up, a piece holds no quote
+    # either. (DEL passes: it is no base64, but valid JSON.)
+    return int(np.frombuffer(piece, np.int8).min())

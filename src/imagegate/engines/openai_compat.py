@@ -131,7 +131,8 @@ class OpenAICompatEngine(RelayEngine):
         handed = 0
         try:
             try:
-                # As the socket delivered them: iter_any() joins whatever is buffered first, a copy of the image.
+                # With a Content-Length, as the socket delivered them (iter_any() would join whatever is buffered
+                # first, a copy of the image); a chunked answer comes an HTTP chunk at a time.
                 async for chunk, _ in response.content.iter_chunks():
                     scanner.feed(chunk)
                     while hand_over and handed < min(job.n, len(scanner.images)) and scanner.images[handed].head_ready:
