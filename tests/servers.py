@@ -54,7 +54,8 @@ def wait_healthy(port: int, proc: subprocess.Popen | None = None, timeout: float
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise AssertionError(f"the server on port {port} did not come up in {timeout:.0f} s")
 
 

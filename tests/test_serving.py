@@ -145,7 +145,8 @@ def test_the_serve_supervisor_does_not_load_the_app():
     # would cost it what a worker costs (some 100 MB).
     script = (
         "import sys\n"
-        "from imagegate import cli, serving\n"
+        "import uvicorn\n"
+        "from imagegate import cli, config, keyfile, serving\n"  # what cli._serve loads before uvicorn.run
         "cli.build_parser()\n"
         "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'numpy', 'aiohttp', 'imagegate.app') if m in sys.modules))\n"
     )

@@ -67,7 +67,7 @@ def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):
     if keys is None:
         # Static keys stay an explicit, unmetered mode: configured ones, or a key file made earlier; with
         # metering on, no static key is created behind the operator's back.
-        static = settings.api_keys or existing_key(settings)
+        static = settings.api_keys or existing_key(settings.data_dir)
         keys = DbKeys(store, StaticKeys(static) if static else None, cache_seconds=settings.key_cache_seconds)
     return Billing(prices, store), keys, BillingRuntime(store, heartbeat_interval=settings.heartbeat_interval_seconds)
 
@@ -85,7 +85,6 @@ def create_app(
         raise ConfigError(f"bad setting 'channels': unknown model(s) {unknown}; see the model catalog")
     upstream_client = UpstreamSession()  # connects on first use only
     channel_set = ChannelSet(settings.channels, catalog, upstream_client)
-    catalog = channel_set.catalog
     engines: dict = {"sandbox": SandboxEngine(latency_ms=settings.sandbox_latency_ms), "relay": channel_set.router}
     moderation = None
     moderation_client = None

@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings)
     metered = metering_enabled(settings)
     # With metering on, keys come from `imagegate keys create`; no unmetered key is made behind the operator's back.
-    keys, created = ensure_api_keys(settings) if not metered else (settings.api_keys, None)
+    created = ensure_api_keys(settings)[1] if not metered else None
     try:
         if settings.workers == 1:
             from imagegate.app import create_app

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from imagegate.keyfile import KEY_FILE
+from imagegate.keyfile import existing_key
 
 LOCAL_BASE_URL = "http://127.0.0.1:8000/v1"
 
@@ -47,9 +47,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str]:
     base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or LOCAL_BASE_URL
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
-        key_file = args.data_dir / KEY_FILE
-        if key_file.exists():
-            api_key = key_file.read_text().strip()
+        api_key = next(iter(existing_key(args.data_dir)), None)
     if not api_key:
         raise SystemExit("imagegate: no API key: pass --api-key or set OPENAI_API_KEY")
     return base_url, api_key

@@ -98,8 +98,12 @@ async def public_host(url: str) -> bool:
     return bool(addresses) and all(is_public_address(a) for a in addresses)
 
 
+class TooLarge(ValueError):
+    """A body past its limit (a ValueError, as any unreadable answer is to read_body's callers)."""
+
+
 async def read_body(response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False) -> bytes:
-    """The body, up to a limit (past it: a ValueError, or with ``truncate`` the first ``max_bytes``)."""
+    """The body, up to a limit (past it: TooLarge, or with ``truncate`` the first ``max_bytes``)."""
     chunks, total = [], 0
     async for chunk in response.content.iter_any():
         total += len(chunk)
@@ -107,25 +111,28 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int, *, truncat
             if truncate:
                 chunks.append(chunk[: max_bytes - (total - len(chunk))])
                 break
-            raise ValueError(f"the answer is larger than {max_bytes:,} bytes")
+            raise TooLarge(f"the answer is larger than {max_bytes:,} bytes")
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _private(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
+        param=param,
+    )
 
 
 async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool) -> bytes:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"Invalid image URL in '{param}': only http(s) URLs and data URLs are accepted.", param=param)
-    private = InvalidRequest(
-        f"The image URL in '{param}' points to a private or loopback address, which this server does not fetch.",
-        param=param,
-    )
     try:
         addresses = await _addresses(url)
     except OSError:
         raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
     if not allow_private and not all(is_public_address(a) for a in addresses):
-        raise private
+        raise _private(param)
     proxy = env_proxy(url, urllib.request.getproxies())
     connector = aiohttp.TCPConnector() if allow_private or proxy else public_connector()
     try:
@@ -137,12 +144,12 @@ async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float,
                         f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
                     )
                 return await read_body(response, max_bytes)
-    except ValueError:
+    except TooLarge:  # not any ValueError: aiohttp's InvalidURL (a bad proxy setting, say) is one too
         raise InvalidRequest(f"The image at the URL in '{param}' is larger than {max_bytes:,} bytes.",
                              param=param) from None
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, PrivateAddress):  # the name changed its answer since the check above
-            raise private from None
+            raise _private(param) from None
         raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise InvalidRequest(f"Fetching the image URL in '{param}' failed: {type(exc).__name__}.", param=param) from None

@@ -5,10 +5,8 @@ the ledger agree, and the usage log says what happened. Real processes: ``imageg
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,29 +16,27 @@ import pytest
 
 from tests.billing.live import ADMIN, assert_books_balance
 from tests.db.backends import BACKENDS, fresh_url
-from tests.servers import free_port, wait_healthy
+from tests.servers import EXE, clean_env, free_port, run_cli, wait_healthy
 
-EXE = Path(sys.executable).parent / "imagegate"
 LOW = {"model": "gpt-image-1", "prompt": "a red fox in snow", "size": "1024x1024", "quality": "low"}
 
 
 def _env(database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEGATE_"))}
-    env.update(IMAGEGATE_GUARD_POLICY="off", IMAGEGATE_ADMIN_TOKEN=ADMIN, **extra)
+    """The variables the commands get on top of the test's clean environment."""
+    extra.update(IMAGEGATE_GUARD_POLICY="off", IMAGEGATE_ADMIN_TOKEN=ADMIN)
     if database_url:
-        env["IMAGEGATE_DATABASE_URL"] = database_url
-    return env
+        extra["IMAGEGATE_DATABASE_URL"] = database_url
+    return extra
 
 
 def _cli(env: dict[str, str], data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(EXE), *args, "--data-dir", str(data_dir)], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = run_cli(*args, "--data-dir", str(data_dir), env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     return done
 
 
 def _serve(env: dict[str, str], data_dir: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([str(EXE), "serve", "--port", str(port), "--data-dir", str(data_dir)], env=env,
+    proc = subprocess.Popen([str(EXE), "serve", "--port", str(port), "--data-dir", str(data_dir)], env=clean_env(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_healthy(port, proc, timeout=30)

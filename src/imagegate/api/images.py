@@ -26,7 +26,6 @@ from imagegate.api.render import (
     images_response,
     images_tail,
     item_extras,
-    upstream_revises_prompts,
 )
 from imagegate.engines.base import Base64Stream, ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
@@ -97,10 +96,9 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         raw, state.channels.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )
     image_request = await state.gateway.preflight(image_request, getattr(request.state, "principal", None))
-    if not image_request.stream and image_request.response_format == "b64_json" \
-            and not upstream_revises_prompts(image_request):
-        # This answer can be written while the image arrives (unless the gateway keeps the images: it then reads
-        # them whole first).
+    if not image_request.stream and not image_request.job.model.revises_prompts:
+        # This answer can be written while the image arrives (unless the gateway keeps the images, as for a url
+        # answer: it then reads them whole first).
         image_request = replace(image_request, job=replace(image_request.job, b64_as_it_arrives=True))
     run = await start_run(request, image_request, raw)  # holds the cost first; or an idempotent replay
     if not isinstance(run, Run):

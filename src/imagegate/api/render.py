@@ -46,16 +46,10 @@ def images_response(
     return {"created": int(time.time()), "data": data, **images_tail(request, result)}
 
 
-def upstream_revises_prompts(request: ImageRequest) -> bool:
-    """The model rewrites prompts and its answers say how (dall-e-3): each item's ``revised_prompt`` is the
-    upstream's, known only once its answer has been read."""
-    return request.job.model.id == "dall-e-3"
-
-
 def item_extras(request: ImageRequest, image: ImageDone) -> dict[str, Any]:
     """What an image's item carries besides the image."""
     job = request.job
-    if upstream_revises_prompts(request):
+    if job.model.revises_prompts:
         return {"revised_prompt": image.revised_prompt or job.prompt}
     if request.original_prompt is not None:
         return {"revised_prompt": job.prompt}  # the prompt guard's rewrite: the prompt that was used

@@ -37,6 +37,8 @@ class Model:
     engine: str
     description: str = ""
     edit_square_png_only: bool = False
+    # The model rewrites prompts and its answers say how (each item's revised_prompt), known only once read.
+    revises_prompts: bool = False
     size_rule: FreeSizeRule | None = None
     created: int = 1_700_000_000
     owned_by: str = "imagegate"
