@@ -1,5 +1,6 @@
 """A client that leaves after its run has ended, while its answer is still being written, keeps its images: the
-run was charged for them, so they are stored as for a client that left earlier."""
+run was charged for them, so they are stored as for a client that left earlier. Shutdown finishes such work (a
+charge being committed, images being kept) instead of cancelling it."""
 
 from __future__ import annotations
 
@@ -78,10 +79,12 @@ class SlowToSettle:
     def __init__(self) -> None:
         self.settling = asyncio.Event()
         self.release = asyncio.Event()
+        self.settled = False
 
     async def settle(self, ticket, result, error, *, engine, cancelled=False):
         self.settling.set()
         await self.release.wait()
+        self.settled = True
         return None
 
 
@@ -104,5 +107,35 @@ def test_a_client_that_leaves_while_its_run_settles_keeps_its_images(tmp_path):
         stored = run.result.images[0].stored
         assert stored is not None and (storage.root / stored.name).read_bytes() == IMAGE
         await gateway.aclose()
+
+    asyncio.run(main())
+
+
+def test_shutdown_waits_for_a_charge_being_committed(tmp_path):
+    async def main():
+        billing = SlowToSettle()
+        gateway = Gateway(engines={"relay": HandsOverAStream()}, storage=_storage(tmp_path), billing=billing)  # type: ignore[arg-type]
+        gateway.start(await _relay_request("shutdown"), ticket=object())  # type: ignore[arg-type]
+        await billing.settling.wait()  # the work is over, its charge is being committed
+        closing = asyncio.create_task(gateway.aclose())
+        await asyncio.sleep(0.1)
+        assert not closing.done()  # the database must stay open until the charge is in
+        billing.release.set()
+        await asyncio.wait_for(closing, 5)
+        assert billing.settled
+
+    asyncio.run(main())
+
+
+def test_shutdown_keeps_the_images_of_a_client_that_just_left(tmp_path):
+    async def main():
+        storage = _storage(tmp_path)
+        gateway = Gateway(engines={"relay": HandsOverAStream()}, storage=storage)
+        run = gateway.start(await _relay_request("left, then shutdown"))
+        result = await run.wait()
+        run.abandon()  # its images are to be kept: the server stops before that is done
+        await gateway.aclose()
+        stored = result.images[0].stored
+        assert stored is not None and (storage.root / stored.name).read_bytes() == IMAGE
 
     asyncio.run(main())

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from imagegate.moderation import ModerationClient
 
 log = logging.getLogger("imagegate.gateway")
+T = TypeVar("T")
 
 
 @dataclass
@@ -145,7 +146,10 @@ class Gateway:
         # Relays carry their own per-channel caps; the gateway's queue only needs to admit that many.
         self._engine_concurrency = engine_concurrency
         self.limiters = {name: FifoLimiter(self._concurrency(engine)) for name, engine in self.engines.items()}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # runs: cancelled at shutdown (their holds are then refunded)
+        # Work on what is already paid for: a charge being committed, images being kept. Shutdown waits for it
+        # instead of cancelling it, since the database and the storage must outlive it.
+        self._finishing: set[asyncio.Future] = set()
 
     def _concurrency(self, engine: Engine) -> int:
         return getattr(engine, "concurrency", self._engine_concurrency)
@@ -228,11 +232,17 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _finish(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        future = asyncio.ensure_future(work)
+        self._finishing.add(future)
+        future.add_done_callback(self._finishing.discard)
+        return future
+
     def _keep_late(self, run: Run) -> None:
         """A client left after its run ended, while its answer was still being written: the images it was
         charged for are stored, as for a client that left earlier."""
         if run.error is None and any(d.stored is None for d in run.result.images):
-            self._track(asyncio.create_task(self._store_all(run), name=f"keep-{run.request.job.request_id}"))
+            self._finish(asyncio.create_task(self._store_all(run), name=f"keep-{run.request.job.request_id}"))
 
     async def _store_all(self, run: Run) -> None:
         for delivered in run.result.images:
@@ -292,9 +302,9 @@ class Gateway:
             # client is still there, streamed, or left.
             if self.billing is not None and run.ticket is not None:
                 try:
-                    run.settlement = await asyncio.shield(
+                    run.settlement = await asyncio.shield(self._finish(
                         self.billing.settle(run.ticket, run.result, error, engine=engine.name, cancelled=cancelled)
-                    )
+                    ))
                 except (Exception, asyncio.CancelledError):
                     # Billing keeps retrying it in the background with the charge it computed; if that gives up
                     # too, the hold expires and reconciliation releases it.
@@ -309,5 +319,9 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A run cancelled while it was already settling left its charge being committed, and a client that left
+        # late may have images still being kept: the database and the storage close only after both.
+        while self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         for engine in self.engines.values():
             await engine.aclose()
