@@ -48,6 +48,9 @@ class RawRequest:
     multipart: bool = False
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (param name, bytes)
     mask: bytes | None = None
+    # The id the API answered with (x-request-id), carried into the logs, the holds and the usage log, so that
+    # the id a user reports finds the request; None (off the API): a new one.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,7 @@ def validate(
             )
 
     job = Job(
-        request_id=uuid.uuid4().hex,
+        request_id=raw.request_id or f"req_{uuid.uuid4().hex}",
         operation=raw.operation,
         model=model,
         prompt=prompt,

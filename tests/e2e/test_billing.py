@@ -231,6 +231,16 @@ def test_a_client_that_leaves_is_charged_once_for_the_delivered_image(backend, t
         assert_books_balance(t)
 
 
+def test_the_request_id_a_client_sees_finds_its_usage_row(metered):
+    key = new_account(metered, "acme", "1")
+    image = client(metered, key).images.with_raw_response.generate(**LOW)
+    chat = client(metered, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-image-vip", messages=[{"role": "user", "content": "a poster"}])
+    rows = admin(metered, "GET", "/usage").json()["data"]
+    assert {row["request_id"]: row["endpoint"] for row in rows} == {
+        image.headers["x-request-id"]: "images", chat.headers["x-request-id"]: "chat"}
+
+
 def test_static_keys_stay_unmetered_beside_accounts(metered):
     raw = client(metered, TEST_KEY).images.with_raw_response.generate(**LOW)
     assert raw.headers["x-imagegate-cost"] == "0.011025"  # what it would cost; nobody is charged

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, stream_headers
-from imagegate.api.wire import base_url, json_body
+from imagegate.api.wire import base_url, json_body, request_id
 from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked
@@ -185,6 +185,7 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
         )
     stream = body.get("stream") is True
     raw = await _raw_request(request, body)
+    raw.request_id = request_id(request)
     image_request = await validate_request(
         raw, state.channels.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,

@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, start_run, stream_headers
-from imagegate.api.wire import base_url, content_type, json_body
+from imagegate.api.wire import base_url, content_type, json_body, request_id
 from imagegate.api.render import (
     AnswerCutOff,
     ArrivingResponse,
@@ -92,6 +92,7 @@ def _json_edit(body: dict[str, Any]) -> RawRequest:
 async def _respond(request: Request, raw: RawRequest) -> Any:
     state = request.app.state
     settings = state.settings
+    raw.request_id = request_id(request)
     image_request = await validate_request(
         raw, state.channels.catalog, max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes
     )

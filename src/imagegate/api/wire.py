@@ -1,4 +1,5 @@
-"""Reading request bodies, shared by every route: content type, a JSON object body, the public base URL."""
+"""Reading requests, shared by every route: content type, a JSON object body, the request's id, the public base
+URL."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def request_id(request: Request) -> str | None:
+    """The id RequestIdMiddleware gave this request (its x-request-id)."""
+    return getattr(request.state, "request_id", None)
 
 
 def base_url(request: Request) -> str:
