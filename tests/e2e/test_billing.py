@@ -10,6 +10,7 @@ import time
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from imagegate.engines.base import ImageDone, JobDone
 from imagegate.errors import EngineError
@@ -229,6 +230,10 @@ def test_a_client_that_leaves_is_charged_once_for_the_delivered_image(backend, t
         t = totals(live, "acme")
         assert t["settle"] == 11_025 and t["open_holds"] == 0
         assert_books_balance(t)
+        # What it paid for is kept, though it asked for b64_json (nothing is stored for a client that stays).
+        (kept,) = live.settings.images_dir.glob("*.png")
+        with Image.open(kept) as image:
+            assert image.size == (1024, 1024)
 
 
 def test_the_request_id_a_client_sees_finds_its_usage_row(metered):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -112,6 +113,7 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         )
     events = run.events()
     images: list[ImageDone] = []
+    watcher = asyncio.create_task(_keep_if_gone(request, run))
     try:
         async for event in events:
             if isinstance(event, ImageDone):
@@ -124,8 +126,18 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     except BaseException:
         run.abandon()
         raise
+    finally:
+        watcher.cancel()  # an answer that arrives writes itself, and hears the client go on its own
     body = images_response(image_request, run.result, storage=state.storage, base_url=base_url(request))
     return FastJSONResponse(body, headers=cost_headers(run))
+
+
+async def _keep_if_gone(request: Request, run: Run) -> None:
+    """While the answer waits for its run: a client that leaves has its run keep the images it pays for (nothing
+    else tells a handler that is not sending yet; the server would drop the answer unsent)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    run.abandon()
 
 
 async def _arriving_body(run: Run, images: list[ImageDone], events: AsyncIterator) -> AsyncIterator[Any]:
