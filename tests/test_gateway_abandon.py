@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from dataclasses import replace
 
 from imagegate.catalog import Size, load_catalog
@@ -51,7 +52,9 @@ def _storage(tmp_path) -> LocalStorage:
     return LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32), ttl_seconds=60)
 
 
-def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tmp_path):
+def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imagegate.gateway")
+
     async def main():
         request = await _relay_request("late")
         storage = _storage(tmp_path)
@@ -69,6 +72,9 @@ def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tm
         run.abandon()  # once is enough
         await gateway.aclose()
         assert sorted(p.name for p in storage.root.iterdir()) == [stored.name]
+        # The operator can find what the client paid for and never received.
+        assert f"request {request.job.request_id} left while its answer was being written; 1 image(s) kept: " \
+               f"{stored.name}" in caplog.messages
 
     asyncio.run(main())
 

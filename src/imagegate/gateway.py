@@ -125,6 +125,12 @@ class Run:
             self._keep_late(self)
 
 
+def _log_kept(run: Run, how: str) -> None:
+    # The operator's way to the images a client paid for and never received (the request id is the one it saw).
+    names = [d.stored.name for d in run.result.images if d.stored is not None]
+    log.info("request %s %s; %d image(s) kept: %s", run.request.job.request_id, how, len(names), " ".join(names))
+
+
 class Gateway:
     def __init__(
         self,
@@ -242,12 +248,15 @@ class Gateway:
         """A client left after its run ended, while its answer was still being written: the images it was
         charged for are stored, as for a client that left earlier."""
         if run.error is None and any(d.stored is None for d in run.result.images):
-            self._finish(asyncio.create_task(self._store_all(run), name=f"keep-{run.request.job.request_id}"))
+            self._finish(asyncio.create_task(self._store_all(run, late=True),
+                                             name=f"keep-{run.request.job.request_id}"))
 
-    async def _store_all(self, run: Run) -> None:
+    async def _store_all(self, run: Run, *, late: bool = False) -> None:
         for delivered in run.result.images:
             if delivered.stored is None:
                 await self._store(run, delivered)
+        if late:
+            _log_kept(run, "left while its answer was being written")
 
     async def _store(self, run: Run, delivered: DeliveredImage) -> None:
         delivered.stored = await self.storage.put(delivered.data, delivered.format)
@@ -281,10 +290,7 @@ class Gateway:
                 # Images handed over while still arriving, or produced before the client left, are stored now.
                 await self._store_all(run)
             if run.abandoned:
-                log.info(
-                    "request %s finished after the client left; %d image(s) stored",
-                    job.request_id, len(run.result.images),
-                )
+                _log_kept(run, "finished after the client left")
             if not run.result.images:
                 raise EngineError(f"The engine for '{job.model.id}' produced no image.")
         except ImagegateError as exc:
