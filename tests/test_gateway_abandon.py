@@ -73,8 +73,8 @@ def test_images_handed_over_as_streams_are_stored_when_the_client_leaves_late(tm
         await gateway.aclose()
         assert sorted(p.name for p in storage.root.iterdir()) == [stored.name]
         # The operator can find what the client paid for and never received.
-        assert f"request {request.job.request_id} left while its answer was being written; 1 image(s) kept: " \
-               f"{stored.name}" in caplog.messages
+        assert f"request {request.job.request_id} left after its run ended, before its answer was delivered; " \
+               f"1 image(s) kept: {stored.name}" in caplog.messages
 
     asyncio.run(main())
 

@@ -128,7 +128,8 @@ class Run:
 def _log_kept(run: Run, how: str) -> None:
     # The operator's way to the images a client paid for and never received (the request id is the one it saw).
     names = [d.stored.name for d in run.result.images if d.stored is not None]
-    log.info("request %s %s; %d image(s) kept: %s", run.request.job.request_id, how, len(names), " ".join(names))
+    if names:
+        log.info("request %s %s; %d image(s) kept: %s", run.request.job.request_id, how, len(names), " ".join(names))
 
 
 class Gateway:
@@ -245,9 +246,9 @@ class Gateway:
         return future
 
     def _keep_late(self, run: Run) -> None:
-        """A client left after its run ended, while its answer was still being written: the images it was
-        charged for are stored, as for a client that left earlier."""
-        if run.error is None and any(d.stored is None for d in run.result.images):
+        """A client left after its run ended (while it settled, or while its answer was being written): the images
+        it was charged for are stored, as for a client that left earlier."""
+        if run.error is None and run.result.images:
             self._finish(asyncio.create_task(self._store_all(run, late=True),
                                              name=f"keep-{run.request.job.request_id}"))
 
@@ -256,7 +257,7 @@ class Gateway:
             if delivered.stored is None:
                 await self._store(run, delivered)
         if late:
-            _log_kept(run, "left while its answer was being written")
+            _log_kept(run, "left after its run ended, before its answer was delivered")
 
     async def _store(self, run: Run, delivered: DeliveredImage) -> None:
         delivered.stored = await self.storage.put(delivered.data, delivered.format)

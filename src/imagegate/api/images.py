@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 import orjson
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -128,6 +128,9 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         raise
     finally:
         watcher.cancel()  # an answer that arrives writes itself, and hears the client go on its own
+    if watcher.done() and not watcher.cancelled():
+        # The client left and its images are kept: no answer to build. 499 is nginx's code for it, for the log.
+        return Response(status_code=499)
     body = images_response(image_request, run.result, storage=state.storage, base_url=base_url(request))
     return FastJSONResponse(body, headers=cost_headers(run))
 
