@@ -59,26 +59,37 @@ class Channel:
             return False
         return now - self.opened_at < self.config.circuit_cooldown_s or self.probing
 
-    def begin(self) -> None:
-        if self.opened_at is not None:
-            self.probing = True
+    def begin(self, now: float) -> bool | None:
+        """Admit one attempt, asked at the moment it would go (the circuit may have opened since the request's
+        channels were listed): None if the circuit refuses it, True if it goes as the one probe of a half-open
+        circuit, False if as ordinary traffic."""
+        if self.opened_at is None:
+            return False
+        if self.is_open(now):
+            return None
+        self.probing = True
+        return True
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0
         self.opened_at = None
         self.probing = False
 
-    def failed(self, now: float) -> None:
-        self.probing = False
+    def failed(self, now: float, probe: bool) -> None:
+        if probe:
+            self.probing = False
         self.consecutive_failures += 1
         if self.consecutive_failures >= self.config.circuit_failures:
             if self.opened_at is None or now - self.opened_at >= self.config.circuit_cooldown_s:
                 log.warning("circuit opened for channel %s after %d failures", self.name, self.consecutive_failures)
             self.opened_at = now
 
-    def settled_without_verdict(self) -> None:
-        """A failure that says nothing about the channel's health (the client's own 4xx): a probe is over."""
-        self.probing = False
+    def settled_without_verdict(self, probe: bool) -> None:
+        """An outcome that says nothing about the channel's health (the client's own 4xx, a cancellation): the
+        probe, if this was it, is over without a verdict. Only the probe's own outcome ends the probe: an attempt
+        that was under way before the circuit opened does not let a second probe through."""
+        if probe:
+            self.probing = False
 
     def can_serve(self, job: Job) -> bool:
         c = self.config
@@ -86,6 +97,8 @@ class Channel:
             return False
         if c.max_n is not None and job.n > c.max_n:
             return False
+        if job.mask_file is not None and c.type == "chat-image":
+            return False  # a chat completion has no place for a mask: the edit would ignore it
         if job.transparent and not c.transparency:
             return False
         if c.sizes is not None and str(job.size) not in c.sizes:
@@ -142,10 +155,7 @@ class Router:
         channels = self.candidates(job)
         if not channels:
             if any(c.can_serve(job) for c in self.channels):
-                raise UpstreamError(
-                    f"Every channel for '{job.model.id}' is failing; try again in a little while.",
-                    status=503, code="no_healthy_channel", nothing_generated=True,
-                )
+                raise _no_healthy_channel(job)
             raise EngineError(
                 f"No configured channel can serve this '{job.model.id}' request (size {job.size}, n={job.n}, "
                 f"{job.operation}{', transparent' if job.transparent else ''}).",
@@ -156,7 +166,10 @@ class Router:
             attempt = 0
             while True:
                 produced = False
-                channel.begin()
+                probe = channel.begin(self.clock())
+                if probe is None:  # its circuit opened, or another request probes it, since the list was made
+                    log.info("skipping channel %s: its circuit is open", channel.name)
+                    break
                 try:
                     async with channel.limiter:
                         async for event in channel.engine.run(job):
@@ -166,9 +179,9 @@ class Router:
                     return
                 except UpstreamError as exc:
                     if health_failure(exc):
-                        channel.failed(self.clock())
+                        channel.failed(self.clock(), probe)
                     else:
-                        channel.settled_without_verdict()
+                        channel.settled_without_verdict(probe)
                     last_error = exc
                     safe = exc.nothing_generated or (channel.config.retry_after_send and exc.status in (502, 504))
                     if produced or not safe:
@@ -182,13 +195,21 @@ class Router:
                     log.info("failing over from channel %s after %s", channel.name, exc.code)
                     break
                 except BaseException:
-                    channel.settled_without_verdict()  # an engine bug or a cancellation: no verdict, probe over
+                    channel.settled_without_verdict(probe)  # an engine bug or a cancellation: no verdict
                     raise
-        assert last_error is not None
+        if last_error is None:  # every channel's circuit opened before this request reached it
+            raise _no_healthy_channel(job)
         raise last_error
 
     async def aclose(self) -> None:
         return None
+
+
+def _no_healthy_channel(job: Job) -> UpstreamError:
+    return UpstreamError(
+        f"Every channel for '{job.model.id}' is failing; try again in a little while.",
+        status=503, code="no_healthy_channel", nothing_generated=True,
+    )
 
 
 def channel_engine(config: ChannelConfig, client: UpstreamSession) -> ChannelEngine:

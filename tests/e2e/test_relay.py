@@ -441,3 +441,149 @@ def test_numeric_upstream_codes_become_strings(faults, tmp_path):
         assert exc.value.body["code"] == "1234"
     finally:
         live.stop()
+
+
+# --- what a review of the router found ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry_after", ["0.2", "soon", "Mon, 32 Jan 2025 10:00:00 GMT"])
+def test_a_429_is_retried_whatever_its_retry_after_says(faults, tmp_path, retry_after):
+    faults.script.append(Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"),
+                               {"retry-after": retry_after}))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+        assert faults.calls() == 2  # an unreadable Retry-After means the usual back-off, not a failed request
+    finally:
+        live.stop()
+
+
+def test_an_upstream_image_the_gateway_cannot_read_is_the_upstreams_fault(faults, tmp_path):
+    # Not the asked-for PNG, so it would be converted; it is no image at all.
+    faults.default = Reply(200, ok_body(b64=base64.b64encode(b"<html>no image here</html>").decode()))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        with pytest.raises(openai.APIStatusError) as exc:
+            _generate(client)
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
+        assert exc.value.body["param"] is None  # nothing the client sent is to blame
+    finally:
+        live.stop()
+
+
+def test_the_operators_upstream_quota_is_not_the_clients(faults, tmp_path):
+    backup = FaultUpstream()
+    faults.default = Reply(429, error_body("You exceeded your current quota.", "insufficient_quota",
+                                           "insufficient_quota"))
+    try:
+        live, client = _front(tmp_path, channel("empty", faults.base_url, ["gpt-image-1"], priority=5),
+                              channel("backup", backup.base_url, ["gpt-image-1"]))
+        try:
+            assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # failed over
+            assert faults.calls() == 1 and backup.calls() == 1
+            backup.default = faults.default
+            with pytest.raises(openai.InternalServerError) as exc:
+                _generate(client)
+            assert exc.value.status_code == 503 and exc.value.body["code"] == "upstream_quota_exhausted"
+        finally:
+            live.stop()
+    finally:
+        backup.close()
+
+
+def test_a_moderation_block_mid_stream_is_the_clients_and_leaves_the_circuit_closed(faults, tmp_path):
+    blocked = {"type": "error", "error": {"message": "Your request was rejected by the safety system.",
+                                          "type": "image_generation_user_error", "code": "moderation_blocked"}}
+    faults.script.append(Reply(200, b"data: " + json.dumps(blocked).encode() + b"\n\n",
+                               {"content-type": "text/event-stream"}))
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], circuit_failures=1))
+    try:
+        with pytest.raises(openai.APIError) as exc:
+            list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low",
+                                        stream=True))
+        assert exc.value.body["code"] == "moderation_blocked"
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # the next user is served
+    finally:
+        live.stop()
+
+
+def test_noise_in_an_upstream_stream_is_skipped(faults, tmp_path):
+    completed = {"type": "image_generation.completed", "b64_json": B64, "usage": {
+        "input_tokens": 3, "input_tokens_details": {"text_tokens": 3, "image_tokens": 0}, "output_tokens": 272,
+        "total_tokens": 275}}
+    faults.default = Reply(200, b"data: keep-alive\n\ndata: 1\n\ndata: " + json.dumps(completed).encode() + b"\n\n"
+                           b"data: [DONE]\n\n", {"content-type": "text/event-stream"})
+    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
+    try:
+        events = list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low",
+                                             stream=True))
+        assert events[-1].type == "image_generation.completed"
+        assert decode_b64(events[-1].b64_json).size == (1024, 1024)
+    finally:
+        live.stop()
+
+
+def test_a_circuit_that_opens_mid_request_is_not_retried(faults, tmp_path):
+    backup = FaultUpstream()
+    faults.default = Reply(503, error_body("down", "server_error", "overloaded"))
+    try:
+        live, client = _front(
+            tmp_path,
+            channel("flaky", faults.base_url, ["gpt-image-1"], priority=5, max_retries=2, circuit_failures=1),
+            channel("backup", backup.base_url, ["gpt-image-1"]),
+        )
+        try:
+            assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+            assert faults.calls() == 1 and backup.calls() == 1  # its first failure opened it: no retries into it
+        finally:
+            live.stop()
+    finally:
+        backup.close()
+
+
+def test_a_masked_edit_never_goes_to_a_chat_channel(faults, tmp_path):
+    chat = FaultUpstream()
+    try:
+        live, client = _front(
+            tmp_path,
+            channel("chat", chat.base_url, ["gpt-image-1"], type="chat-image", priority=5),
+            channel("images", faults.base_url, ["gpt-image-1"]),
+        )
+        try:
+            client.images.edit(model="gpt-image-1", prompt="stars", quality="low", size="1024x1024",
+                               image=("a.png", png_bytes(1024, 1024), "image/png"),
+                               mask=("m.png", mask_bytes(1024, 1024, (0, 0, 512, 1024)), "image/png"))
+            assert chat.calls() == 0 and faults.calls("/images/edits") == 1
+            assert b'name="mask"' in faults.requests[-1][2]
+        finally:
+            live.stop()
+    finally:
+        chat.close()
+
+
+def test_a_channel_that_cannot_be_reached_fails_over_within_its_connect_timeout(faults, tmp_path):
+    # A listener that never accepts, its backlog filled: a connection to it hangs in the handshake.
+    with socket.socket() as stuck:
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(0)
+        fillers = []
+        try:
+            while len(fillers) < 16:  # until one hangs: the backlog is full
+                try:
+                    fillers.append(socket.create_connection(stuck.getsockname(), timeout=0.2))
+                except TimeoutError:
+                    break
+            dead = f"http://127.0.0.1:{stuck.getsockname()[1]}/v1"
+            live, client = _front(
+                tmp_path,
+                channel("stuck", dead, ["gpt-image-1"], priority=5, connect_timeout_s=0.3, timeout_s=5),
+                channel("alive", faults.base_url, ["gpt-image-1"]),
+            )
+            try:
+                assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+                assert faults.calls() == 1
+            finally:
+                live.stop()
+        finally:
+            for filler in fillers:
+                filler.close()

@@ -129,13 +129,22 @@ def test_an_image_whole_before_the_answer_began_is_not_left_out(faults, tmp_path
         assert [base64.b64decode(item.b64_json) for item in raw.parse().data] == [SMALL, IMAGE]
 
 
-def test_a_200_without_images_is_a_bad_upstream_answer(faults, tmp_path):
-    faults.default = Reply(200, b'{"error": {"message": "quota", "type": "insufficient_quota"}}')
+@pytest.mark.parametrize("body, status, code", [
+    (b'{"created": 1, "data": []}', 502, "upstream_bad_response"),
+    # Relays that answer their failures with a 200: the error they name, as if it had come with its own status.
+    (b'{"error": {"message": "blocked", "type": "image_generation_user_error", "code": "moderation_blocked"}}', 400,
+     "moderation_blocked"),
+    (b'{"error": {"message": "boom", "type": "server_error", "code": "engine_crashed"}}', 502, "engine_crashed"),
+    # The operator's own upstream account is empty: not the client's insufficient_quota.
+    (b'{"error": {"message": "quota", "type": "insufficient_quota"}}', 503, "upstream_quota_exhausted"),
+], ids=["no-images", "moderation", "server-error", "operator-quota"])
+def test_a_200_without_images_is_a_failed_upstream_answer(faults, tmp_path, body, status, code):
+    faults.default = Reply(200, body)
     with metered_server("sqlite", tmp_path, channels=(_channel(faults),)) as live:
         key = new_account(live, "acme", "1")
         with pytest.raises(openai.APIStatusError) as refused:
             client(live, key).images.generate(**BODY)
-        assert refused.value.status_code == 502 and refused.value.code == "upstream_bad_response"
+        assert refused.value.status_code == status and refused.value.code == code
         assert settled(live, "acme")["settle"] == 0
 
 

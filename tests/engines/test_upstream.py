@@ -43,6 +43,36 @@ def test_deadline_never_cancels_the_consumer():
     assert asyncio.run(main()) == ([1], True)
 
 
+def test_the_consumers_time_does_not_count_against_the_upstream():
+    """Images already received are not lost to a deadline that ran out while the gateway stored the first."""
+    import asyncio
+
+    from imagegate.engines.upstream import within
+
+    async def events():
+        yield 1
+        yield 2  # already here: the upstream sent the whole answer at once
+
+    async def main():
+        got = []
+        async for event in within(0.2, events(), lambda: AssertionError("timed out")):
+            got.append(event)
+            await asyncio.sleep(0.3)  # storing the first image takes longer than the whole deadline
+        return got
+
+    assert asyncio.run(main()) == [1, 2]
+
+
+def test_retry_after_that_cannot_be_read_is_none():
+    from imagegate.engines.upstream import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
+    for unreadable in ("soon", "30s", "Mon, 32 Jan 2025 10:00:00 GMT", "Mon, 01 Jan 99999 10:00:00 GMT"):
+        assert retry_after_seconds({"retry-after": unreadable}) is None
+    assert retry_after_seconds({"retry-after": "Mon, 01 Jan 2024 10:00:00 GMT"}) == 0.0  # in the past: now
+
+
 def test_spliced_answer_is_the_json_the_encoder_would_write():
     from imagegate.api.render import JSONText, dumps
 

@@ -144,6 +144,9 @@ class OpenAICompatEngine(RelayEngine):
                         handed += 1
                 payload = scanner.finish(handed, job.n)
                 items = payload.get("data")
+                if not items and isinstance(payload.get("error"), dict):
+                    # A relay that answers its failures with 200 and an error body: its code, not "malformed".
+                    raise stream_error(payload["error"], self.channel.name, self.channel.failure_policy)
                 if not isinstance(items, list) or not items:
                     raise ValueError("no images in 'data'")
             except ValueError as exc:
@@ -196,13 +199,19 @@ class OpenAICompatEngine(RelayEngine):
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
-                raise self._malformed("an SSE event is not JSON") from None
-            if isinstance(event, dict) and event.get("error"):
+                event = None
+            if not isinstance(event, dict):
+                continue  # a relay's keep-alive or other noise: the image may already be on its way
+            if event.get("error"):
                 raise stream_error(event["error"], self.channel.name, self.channel.failure_policy)
             kind = str(event.get("type", ""))
             if kind.endswith(".partial_image"):
-                raw = decode_b64_image(event.get("b64_json", ""))
-                yield PartialImage(index, int(event.get("partial_image_index", 0)), raw)
+                try:
+                    raw = decode_b64_image(event.get("b64_json", ""))
+                    partial_index = int(event.get("partial_image_index", 0))
+                except (ValueError, TypeError) as exc:
+                    raise self._malformed(f"a partial image: {exc}") from None
+                yield PartialImage(index, partial_index, raw)
                 yield Progress(min(95, int(100 * (index + 0.5) / job.n)))
             elif kind.endswith(".completed"):
                 try:

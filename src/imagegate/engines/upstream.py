@@ -13,6 +13,7 @@ import contextlib
 import binascii
 import email.utils
 import json
+import math
 import ssl
 import time
 import urllib.request
@@ -29,7 +30,7 @@ from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
-from imagegate.errors import EngineTimeout, UpstreamError
+from imagegate.errors import EngineTimeout, InvalidImage, UpstreamError
 from imagegate.fetch import env_proxy, public_connector, public_host, read_body
 
 if TYPE_CHECKING:
@@ -141,8 +142,12 @@ def retry_after_seconds(headers: "CIMultiDictProxy[str] | dict[str, str]") -> fl
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # unreadable ("30s", "soon"): as if there were none, the usual back-off applies
+    return max(0.0, parsed.timestamp() - time.time())
 
 
 def _short_code(value: Any, default: str) -> str:
@@ -174,6 +179,8 @@ def error_from_response(
             "mapping needs the operator's attention.",
             status=502, code="upstream_misconfigured", nothing_generated=True, failure_policy="refund",
         )
+    if _out_of_quota(upstream):
+        return _quota_exhausted(channel)
     message = upstream.get("message") or f"The upstream '{channel}' answered HTTP {status}."
     extra = {k: v for k, v in upstream.items() if k not in ("message", "type", "code", "param") and isinstance(k, str)}
     nothing = status in NOTHING_GENERATED_STATUSES
@@ -191,13 +198,36 @@ def error_from_response(
     )
 
 
+# Error types of a refused request (OpenAI's, and the image models' own), as opposed to a failing upstream.
+_REFUSAL_TYPES = ("invalid_request_error", "image_generation_user_error")
+
+
+def _out_of_quota(err: dict[str, Any]) -> bool:
+    return "insufficient_quota" in (err.get("code"), err.get("type"))
+
+
+def _quota_exhausted(channel: str) -> UpstreamError:
+    # The operator's account with the upstream is out of credit, not the client's with us: passed on as it is, the
+    # client would read it as its own balance running out.
+    return UpstreamError(
+        f"The upstream '{channel}' has no quota left on the gateway's account; the operator needs to top it up.",
+        status=503, type="server_error", code="upstream_quota_exhausted", nothing_generated=True,
+        failure_policy="refund", retry_after=math.inf,  # no use retrying it soon: fail over now
+    )
+
+
 def stream_error(err: Any, channel: str, failure_policy: str) -> UpstreamError:
-    """An ``error`` event inside an upstream's stream: the work had started, so the channel's policy applies."""
+    """An ``error`` inside a 200 answer (a stream's error event, or a relay's JSON body holding only an error):
+    the work may have started, so the channel's policy applies. A refusal of the request itself (a moderation
+    block, say) is the client's 400, as it would be before any body; anything else, the upstream failing, a 502."""
     if not isinstance(err, dict):
         err = {"message": str(err)}
+    if _out_of_quota(err):
+        return _quota_exhausted(channel)
+    refused = err.get("code") == "moderation_blocked" or err.get("type") in _REFUSAL_TYPES
     return UpstreamError(
         str(err.get("message") or f"The upstream '{channel}' reported an error mid-stream.")[:2000],
-        status=502,
+        status=400 if refused else 502,
         type=_short_code(err.get("type"), "server_error"),
         code=_short_code(err.get("code"), "upstream_error"),
         param=str(err["param"])[:100] if err.get("param") is not None else None,
@@ -281,6 +311,7 @@ async def upstream_call(
         async with session.get().request(
             request.method, request.url, data=request.body(), headers=request.all_headers(),
             proxy=session.proxy_for(request.url),
+            timeout=aiohttp.ClientTimeout(total=None, connect=channel.connect_timeout_s),
         ) as response:
             if response.status >= 400:
                 body = await read_body(response, ERROR_BODY_LIMIT, truncate=True)
@@ -300,9 +331,12 @@ async def within(
     """Yield from ``events`` with every step bounded by one overall deadline.
 
     No timeout context stays open across a ``yield``: a deadline that fired while the consumer was busy (storing
-    an image, say) would cancel the consumer's own await and look like a shutdown.
+    an image, say) would cancel the consumer's own await and look like a shutdown. Nor does the consumer's time
+    count: the deadline moves on by it, so images already received are not lost to a timeout of the gateway's own
+    making.
     """
-    deadline = asyncio.get_running_loop().time() + seconds
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
     try:
         while True:
             try:
@@ -312,7 +346,9 @@ async def within(
                 return
             except TimeoutError:
                 raise on_timeout() from None
+            handed = loop.time()
             yield event
+            deadline += loop.time() - handed
     finally:
         await events.aclose()
 
@@ -381,7 +417,10 @@ def conform(data: bytes, fmt: str, compression: int, transparent: bool) -> tuple
         size = imaging.header_size(data)
         if size is not None:
             return data, fmt, size
-    upload = imaging.decode_upload(data, param="upstream image", max_pixels=100_000_000)
+    try:
+        upload = imaging.decode_upload(data, param="upstream image", max_pixels=100_000_000)
+    except InvalidImage as exc:  # the upstream's fault, not the client's: a malformed answer, not a 400
+        raise ValueError(f"its image cannot be read: {exc.message}") from None
     if upload.format == fmt:
         return data, fmt, upload.size
     return imaging.encode(upload.image, fmt, compression=compression, transparent=transparent), fmt, upload.size
