@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -145,85 +146,80 @@ def _front(tmp_path, *channels):
     return live, OpenAI(base_url=live.base_url, api_key=TEST_KEY, max_retries=0, timeout=30)
 
 
+@contextlib.contextmanager
+def _fronting(tmp_path, *channels):
+    """A client of a front server over ``channels``, the server stopped afterwards."""
+    live, client = _front(tmp_path, *channels)
+    try:
+        yield client
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def backup():
+    """A second fault-injecting upstream, for failover."""
+    upstream = FaultUpstream()
+    yield upstream
+    upstream.close()
+
+
 def _generate(client, **extra):
     return client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low", **extra)
 
 
 def test_429_with_retry_after_is_retried(faults, tmp_path):
     faults.script.append(Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"), {"retry-after": "0.2"}))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         result = _generate(client)
         assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
         assert faults.calls("/images/generations") == 2
         assert result.usage.output_tokens == 272
-    finally:
-        live.stop()
 
 
 def test_500_is_returned_with_the_upstreams_code_and_not_retried(faults, tmp_path):
     faults.default = Reply(500, error_body("The server had an error", "server_error", "server_error"))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         with pytest.raises(openai.InternalServerError) as exc:
             _generate(client)
         assert exc.value.status_code == 500 and exc.value.body["code"] == "server_error"
         assert faults.calls() == 1
-    finally:
-        live.stop()
 
 
-def test_503_retried_then_fails_over_to_the_next_channel(faults, tmp_path):
-    backup = FaultUpstream()
+def test_503_retried_then_fails_over_to_the_next_channel(faults, backup, tmp_path):
     faults.default = Reply(503, error_body("overloaded", "server_error", "overloaded"))
-    try:
-        live, client = _front(
-            tmp_path,
-            channel("primary", faults.base_url, ["gpt-image-1"], priority=10, max_retries=1),
-            channel("backup", backup.base_url, ["gpt-image-1"], priority=0),
-        )
-        try:
-            result = _generate(client)
-            assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
-            assert faults.calls() == 2 and backup.calls() == 1
-        finally:
-            live.stop()
-    finally:
-        backup.close()
+    with _fronting(
+        tmp_path,
+        channel("primary", faults.base_url, ["gpt-image-1"], priority=10, max_retries=1),
+        channel("backup", backup.base_url, ["gpt-image-1"], priority=0),
+    ) as client:
+        result = _generate(client)
+        assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+        assert faults.calls() == 2 and backup.calls() == 1
 
 
 def test_connection_refused_fails_over(faults, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    live, client = _front(tmp_path, channel("dead", dead, ["gpt-image-1"], priority=5, max_retries=0),
-                          channel("alive", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("dead", dead, ["gpt-image-1"], priority=5, max_retries=0),
+                   channel("alive", faults.base_url, ["gpt-image-1"])) as client:
         assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
         assert faults.calls() == 1
-    finally:
-        live.stop()
 
 
-def test_circuit_opens_after_consecutive_failures(faults, tmp_path):
-    backup = FaultUpstream()
+def test_circuit_opens_after_consecutive_failures(faults, backup, tmp_path):
     faults.default = Reply(503, error_body("down", "server_error", "overloaded"))
-    try:
-        live, client = _front(
-            tmp_path,
-            channel("flaky", faults.base_url, ["gpt-image-1"], priority=5, max_retries=0, circuit_failures=2,
-                    circuit_cooldown_s=60),
-            channel("backup", backup.base_url, ["gpt-image-1"]),
-        )
-        try:
-            for _ in range(4):
-                _generate(client)
-            assert faults.calls() == 2  # then the circuit is open and the flaky channel is skipped
-            assert backup.calls() == 4
-        finally:
-            live.stop()
-    finally:
-        backup.close()
+    with _fronting(
+        tmp_path,
+        channel("flaky", faults.base_url, ["gpt-image-1"], priority=5, max_retries=0, circuit_failures=2,
+                circuit_cooldown_s=60),
+        channel("backup", backup.base_url, ["gpt-image-1"]),
+    ) as client:
+        for _ in range(4):
+            _generate(client)
+        assert faults.calls() == 2  # then the circuit is open and the flaky channel is skipped
+        assert backup.calls() == 4
 
 
 @pytest.mark.parametrize(
@@ -236,38 +232,28 @@ def test_circuit_opens_after_consecutive_failures(faults, tmp_path):
     ],
     ids=["slow-body", "hang", "truncated-connection", "truncated-json"],
 )
-def test_failures_after_sending_are_not_retried(faults, tmp_path, reply, status, code):
-    backup = FaultUpstream()
+def test_failures_after_sending_are_not_retried(faults, backup, tmp_path, reply, status, code):
     faults.default = reply
-    try:
-        live, client = _front(
-            tmp_path,
-            channel("f", faults.base_url, ["gpt-image-1"], priority=5, timeout_s=1.0),
-            channel("backup", backup.base_url, ["gpt-image-1"]),
-        )
-        try:
-            with pytest.raises(openai.APIStatusError) as exc:
-                _generate(client)
-            assert exc.value.status_code == status
-            if code:
-                assert exc.value.body["code"] == code
-            assert faults.calls() == 1 and backup.calls() == 0  # it may have generated: no second call
-        finally:
-            live.stop()
-    finally:
-        backup.close()
+    with _fronting(
+        tmp_path,
+        channel("f", faults.base_url, ["gpt-image-1"], priority=5, timeout_s=1.0),
+        channel("backup", backup.base_url, ["gpt-image-1"]),
+    ) as client:
+        with pytest.raises(openai.APIStatusError) as exc:
+            _generate(client)
+        assert exc.value.status_code == status
+        if code:
+            assert exc.value.body["code"] == code
+        assert faults.calls() == 1 and backup.calls() == 0  # it may have generated: no second call
 
 
 def test_data_uri_b64_and_missing_usage_are_normalised(faults, tmp_path):
     faults.default = Reply(200, ok_body(b64="data:image/png;base64," + B64, usage=None))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         result = _generate(client)
         assert not result.data[0].b64_json.startswith("data:")
         assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
         assert result.usage.output_tokens == 272  # estimated from the token table
-    finally:
-        live.stop()
 
 
 def test_upstream_stream_with_megabyte_events_and_crlf_lines(faults, tmp_path):
@@ -278,15 +264,12 @@ def test_upstream_stream_with_megabyte_events_and_crlf_lines(faults, tmp_path):
     done = {"type": "image_generation.completed", "b64_json": B64, "usage": json.loads(ok_body())["usage"]}
     stream = "".join(f"event: {e['type']}\r\ndata: {json.dumps(e)}\r\n\r\n" for e in (partial, done))
     faults.default = Reply(200, stream.encode(), {"content-type": "text/event-stream"})
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         events = list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024",
                                              quality="low", stream=True, partial_images=1))
         assert [e.type for e in events] == ["image_generation.partial_image", "image_generation.completed"]
         assert decode_b64(events[0].b64_json).size == decode_b64(events[1].b64_json).size == (1024, 1024)
         assert events[1].usage.output_tokens == 272  # the upstream's own usage, passed on
-    finally:
-        live.stop()
 
 
 def test_netrc_credentials_are_never_sent_upstream(faults, tmp_path, monkeypatch):
@@ -297,46 +280,36 @@ def test_netrc_credentials_are_never_sent_upstream(faults, tmp_path, monkeypatch
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     faults.default = Reply(200, ok_body(url=faults.image_url))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
         assert all("Basic" not in auth for auth in faults.authorizations)
         assert faults.authorizations == [f"Bearer {TEST_KEY}", ""]  # the call, then the image download
-    finally:
-        live.stop()
 
 
 def test_url_only_answer_is_downloaded_and_re_served(faults, tmp_path):
     faults.default = Reply(200, ok_body(url=faults.image_url))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         b64 = _generate(client)
         assert decode_b64(b64.data[0].b64_json).size == (1024, 1024)
         url = _generate(client, response_format="url")
-        assert url.data[0].url.startswith(live.root)
+        assert url.data[0].url.startswith(str(client.base_url).removesuffix("/v1/"))  # served by the front
         assert decode(httpx.get(url.data[0].url).content).size == (1024, 1024)
-    finally:
-        live.stop()
 
 
 def test_moderation_blocked_keeps_its_code(faults, tmp_path):
     faults.default = Reply(400, error_body("Your request was rejected by the safety system.", "image_generation_user_error",
                                            "moderation_blocked"))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         with pytest.raises(openai.BadRequestError) as exc:
             _generate(client)
         assert exc.value.body["code"] == "moderation_blocked"
         assert exc.value.body["type"] == "image_generation_user_error"
         assert faults.calls() == 1
-    finally:
-        live.stop()
 
 
 def test_parameters_forwarded_and_policies_applied(faults, tmp_path):
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1", "gpt-4o-image"],
-                                            model_map={"gpt-image-1": "gpt-image-1-upstream"}))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1", "gpt-4o-image"],
+                                     model_map={"gpt-image-1": "gpt-image-1-upstream"})) as client:
         _generate(client, moderation="low", background="opaque", output_format="png", output_compression=80)
         sent = json.loads(faults.requests[-1][2])
         assert sent["model"] == "gpt-image-1-upstream"
@@ -350,21 +323,16 @@ def test_parameters_forwarded_and_policies_applied(faults, tmp_path):
         path, content_type, body = faults.requests[-1]
         assert path.endswith("/images/edits") and content_type.startswith("multipart/form-data")
         assert body.count(b'name="image[]"') == 2 and body.count(b'name="mask"') == 1
-    finally:
-        live.stop()
 
 
 def test_no_channel_can_honour_the_request(faults, tmp_path):
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], transparency=False, max_n=2))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], transparency=False, max_n=2)) as client:
         with pytest.raises(openai.BadRequestError) as exc:
             _generate(client, background="transparent")
         assert exc.value.body["code"] == "no_capable_channel"
         with pytest.raises(openai.BadRequestError):
             _generate(client, n=3)
         assert faults.calls() == 0
-    finally:
-        live.stop()
 
 
 # --- what review found --------------------------------------------------------------------------------------------
@@ -397,50 +365,38 @@ def test_chat_upstream_never_fetches_links_from_the_echoed_prompt(faults, tmp_pa
 def test_upstream_links_to_private_hosts_are_refused(faults, tmp_path):
     private = faults.image_url.replace("127.0.0.1", "localhost")  # not the channel's own host
     faults.default = Reply(200, ok_body(url=private))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         with pytest.raises(openai.APIStatusError) as exc:
             _generate(client)
         assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
         assert "not a public address" in exc.value.message
-    finally:
-        live.stop()
 
 
 def test_client_errors_do_not_open_the_circuit(faults, tmp_path):
     faults.script.extend([Reply(400, error_body("blocked", "image_generation_user_error", "moderation_blocked"))] * 4)
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], circuit_failures=2))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], circuit_failures=2)) as client:
         for _ in range(4):
             with pytest.raises(openai.BadRequestError):
                 _generate(client)
         assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # another user is still served
-    finally:
-        live.stop()
 
 
 def test_upstream_auth_failure_is_a_502_that_leaks_nothing(faults, tmp_path):
     faults.default = Reply(401, error_body("Incorrect API key provided: sk-proj-abcd****wxyz", "invalid_request_error",
                                            "invalid_api_key"))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], max_retries=0))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], max_retries=0)) as client:
         with pytest.raises(openai.InternalServerError) as exc:
             _generate(client)
         assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_misconfigured"
         assert "sk-proj" not in exc.value.message
-    finally:
-        live.stop()
 
 
 def test_numeric_upstream_codes_become_strings(faults, tmp_path):
     faults.default = Reply(500, json.dumps({"error": {"message": "boom", "type": "server_error", "code": 1234}}).encode())
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         with pytest.raises(openai.InternalServerError) as exc:
             _generate(client)
         assert exc.value.body["code"] == "1234"
-    finally:
-        live.stop()
 
 
 # --- what a review of the router found ------------------------------------------------------------------------
@@ -450,45 +406,32 @@ def test_numeric_upstream_codes_become_strings(faults, tmp_path):
 def test_a_429_is_retried_whatever_its_retry_after_says(faults, tmp_path, retry_after):
     faults.script.append(Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"),
                                {"retry-after": retry_after}))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
         assert faults.calls() == 2  # an unreadable Retry-After means the usual back-off, not a failed request
-    finally:
-        live.stop()
 
 
 def test_an_upstream_image_the_gateway_cannot_read_is_the_upstreams_fault(faults, tmp_path):
     # Not the asked-for PNG, so it would be converted; it is no image at all.
     faults.default = Reply(200, ok_body(b64=base64.b64encode(b"<html>no image here</html>").decode()))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         with pytest.raises(openai.APIStatusError) as exc:
             _generate(client)
         assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
         assert exc.value.body["param"] is None  # nothing the client sent is to blame
-    finally:
-        live.stop()
 
 
-def test_the_operators_upstream_quota_is_not_the_clients(faults, tmp_path):
-    backup = FaultUpstream()
+def test_the_operators_upstream_quota_is_not_the_clients(faults, backup, tmp_path):
     faults.default = Reply(429, error_body("You exceeded your current quota.", "insufficient_quota",
                                            "insufficient_quota"))
-    try:
-        live, client = _front(tmp_path, channel("empty", faults.base_url, ["gpt-image-1"], priority=5),
-                              channel("backup", backup.base_url, ["gpt-image-1"]))
-        try:
-            assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # failed over
-            assert faults.calls() == 1 and backup.calls() == 1
-            backup.default = faults.default
-            with pytest.raises(openai.InternalServerError) as exc:
-                _generate(client)
-            assert exc.value.status_code == 503 and exc.value.body["code"] == "upstream_quota_exhausted"
-        finally:
-            live.stop()
-    finally:
-        backup.close()
+    with _fronting(tmp_path, channel("empty", faults.base_url, ["gpt-image-1"], priority=5),
+                   channel("backup", backup.base_url, ["gpt-image-1"])) as client:
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # failed over
+        assert faults.calls() == 1 and backup.calls() == 1
+        backup.default = faults.default
+        with pytest.raises(openai.InternalServerError) as exc:
+            _generate(client)
+        assert exc.value.status_code == 503 and exc.value.body["code"] == "upstream_quota_exhausted"
 
 
 def test_a_moderation_block_mid_stream_is_the_clients_and_leaves_the_circuit_closed(faults, tmp_path):
@@ -496,15 +439,12 @@ def test_a_moderation_block_mid_stream_is_the_clients_and_leaves_the_circuit_clo
                                           "type": "image_generation_user_error", "code": "moderation_blocked"}}
     faults.script.append(Reply(200, b"data: " + json.dumps(blocked).encode() + b"\n\n",
                                {"content-type": "text/event-stream"}))
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], circuit_failures=1))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], circuit_failures=1)) as client:
         with pytest.raises(openai.APIError) as exc:
             list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low",
                                         stream=True))
         assert exc.value.body["code"] == "moderation_blocked"
         assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)  # the next user is served
-    finally:
-        live.stop()
 
 
 def test_noise_in_an_upstream_stream_is_skipped(faults, tmp_path):
@@ -513,52 +453,35 @@ def test_noise_in_an_upstream_stream_is_skipped(faults, tmp_path):
         "total_tokens": 275}}
     faults.default = Reply(200, b"data: keep-alive\n\ndata: 1\n\ndata: " + json.dumps(completed).encode() + b"\n\n"
                            b"data: [DONE]\n\n", {"content-type": "text/event-stream"})
-    live, client = _front(tmp_path, channel("f", faults.base_url, ["gpt-image-1"]))
-    try:
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
         events = list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low",
                                              stream=True))
         assert events[-1].type == "image_generation.completed"
         assert decode_b64(events[-1].b64_json).size == (1024, 1024)
-    finally:
-        live.stop()
 
 
-def test_a_circuit_that_opens_mid_request_is_not_retried(faults, tmp_path):
-    backup = FaultUpstream()
+def test_a_circuit_that_opens_mid_request_is_not_retried(faults, backup, tmp_path):
     faults.default = Reply(503, error_body("down", "server_error", "overloaded"))
-    try:
-        live, client = _front(
-            tmp_path,
-            channel("flaky", faults.base_url, ["gpt-image-1"], priority=5, max_retries=2, circuit_failures=1),
-            channel("backup", backup.base_url, ["gpt-image-1"]),
-        )
-        try:
-            assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
-            assert faults.calls() == 1 and backup.calls() == 1  # its first failure opened it: no retries into it
-        finally:
-            live.stop()
-    finally:
-        backup.close()
+    with _fronting(
+        tmp_path,
+        channel("flaky", faults.base_url, ["gpt-image-1"], priority=5, max_retries=2, circuit_failures=1),
+        channel("backup", backup.base_url, ["gpt-image-1"]),
+    ) as client:
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+        assert faults.calls() == 1 and backup.calls() == 1  # its first failure opened it: no retries into it
 
 
-def test_a_masked_edit_never_goes_to_a_chat_channel(faults, tmp_path):
-    chat = FaultUpstream()
-    try:
-        live, client = _front(
-            tmp_path,
-            channel("chat", chat.base_url, ["gpt-image-1"], type="chat-image", priority=5),
-            channel("images", faults.base_url, ["gpt-image-1"]),
-        )
-        try:
-            client.images.edit(model="gpt-image-1", prompt="stars", quality="low", size="1024x1024",
-                               image=("a.png", png_bytes(1024, 1024), "image/png"),
-                               mask=("m.png", mask_bytes(1024, 1024, (0, 0, 512, 1024)), "image/png"))
-            assert chat.calls() == 0 and faults.calls("/images/edits") == 1
-            assert b'name="mask"' in faults.requests[-1][2]
-        finally:
-            live.stop()
-    finally:
-        chat.close()
+def test_a_masked_edit_never_goes_to_a_chat_channel(faults, backup, tmp_path):
+    with _fronting(
+        tmp_path,
+        channel("chat", backup.base_url, ["gpt-image-1"], type="chat-image", priority=5),
+        channel("images", faults.base_url, ["gpt-image-1"]),
+    ) as client:
+        client.images.edit(model="gpt-image-1", prompt="stars", quality="low", size="1024x1024",
+                           image=("a.png", png_bytes(1024, 1024), "image/png"),
+                           mask=("m.png", mask_bytes(1024, 1024, (0, 0, 512, 1024)), "image/png"))
+        assert backup.calls() == 0 and faults.calls("/images/edits") == 1
+        assert b'name="mask"' in faults.requests[-1][2]
 
 
 def test_a_channel_that_cannot_be_reached_fails_over_within_its_connect_timeout(faults, tmp_path):
@@ -574,16 +497,13 @@ def test_a_channel_that_cannot_be_reached_fails_over_within_its_connect_timeout(
                 except TimeoutError:
                     break
             dead = f"http://127.0.0.1:{stuck.getsockname()[1]}/v1"
-            live, client = _front(
+            with _fronting(
                 tmp_path,
                 channel("stuck", dead, ["gpt-image-1"], priority=5, connect_timeout_s=0.3, timeout_s=5),
                 channel("alive", faults.base_url, ["gpt-image-1"]),
-            )
-            try:
+            ) as client:
                 assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
                 assert faults.calls() == 1
-            finally:
-                live.stop()
         finally:
             for filler in fillers:
                 filler.close()
