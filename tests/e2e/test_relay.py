@@ -507,3 +507,12 @@ def test_a_channel_that_cannot_be_reached_fails_over_within_its_connect_timeout(
         finally:
             for filler in fillers:
                 filler.close()
+
+
+def test_a_stream_refused_by_the_upstream_is_a_plain_error_with_its_status(faults, tmp_path):
+    faults.default = Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"), {"retry-after": "0"})
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], max_retries=0)) as client:
+        with pytest.raises(openai.RateLimitError) as exc:  # the SDK can retry it, as it would OpenAI's own
+            list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low",
+                                        stream=True, partial_images=1))
+        assert exc.value.status_code == 429 and exc.value.body["code"] == "rate_limit_exceeded"

@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from imagegate.engines.base import Progress
+from imagegate.engines.base import PartialImage, Progress
 from imagegate.errors import EngineError
 from tests import openapi
 from tests.imaging_helpers import decode_b64, png_bytes
@@ -74,8 +74,13 @@ def test_errors_before_the_stream_are_plain_json(client):
 class _FailingEngine:
     name = "sandbox"
 
+    def __init__(self, partials: int) -> None:
+        self.partials = partials
+
     async def run(self, job):
         yield Progress(10)
+        for index in range(self.partials):
+            yield PartialImage(0, index, png_bytes(64, 64))
         await asyncio.sleep(0.01)
         raise EngineError("The upstream dropped the connection mid-generation.", code="upstream_disconnected")
 
@@ -83,20 +88,31 @@ class _FailingEngine:
         return None
 
 
-def test_error_after_the_stream_started_is_raised_by_the_sdk(tmp_path):
+def _failing_stream(tmp_path, partials: int):
     live = start_server(tmp_path)
     try:
-        gateway = live.app.state.gateway
-        gateway.engines["sandbox"] = _FailingEngine()
+        live.app.state.gateway.engines["sandbox"] = _FailingEngine(partials)
         client = OpenAI(base_url=live.base_url, api_key=TEST_KEY, max_retries=0)
         stream = client.images.generate(model="gpt-image-1", prompt="x", stream=True, partial_images=1,
                                         size="1024x1024", quality="low")
-        with pytest.raises(openai.APIError) as exc:
-            list(stream)
-        assert exc.value.code == "upstream_disconnected"
-        assert "dropped the connection" in exc.value.message
+        return [event.type for event in stream]
     finally:
         live.stop()
+
+
+def test_error_after_the_stream_started_is_raised_by_the_sdk(tmp_path):
+    with pytest.raises(openai.APIError) as exc:
+        _failing_stream(tmp_path, partials=1)
+    assert not isinstance(exc.value, openai.APIStatusError)  # an error event: the stream had begun with a 200
+    assert exc.value.code == "upstream_disconnected"
+    assert "dropped the connection" in exc.value.message
+
+
+def test_error_before_the_stream_shows_anything_keeps_its_status(tmp_path):
+    # Nothing was shown yet (no partial image): the answer is still a plain error with its status, as OpenAI's.
+    with pytest.raises(openai.APIStatusError) as exc:
+        _failing_stream(tmp_path, partials=0)
+    assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_disconnected"
 
 
 def test_stream_answers_sse_whatever_accept_says(server):

@@ -106,8 +106,12 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
     if not isinstance(run, Run):
         return run
     if image_request.stream:
+        events = run.events()
+        opening = await _stream_opening(run, request, events)
+        if opening is None:
+            return Response(status_code=499)  # the client left before its stream began; its images are kept
         return StreamingResponse(
-            _sse(run, request),
+            _sse(run, *opening),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
@@ -180,11 +184,44 @@ async def _arriving_body(run: Run, images: list[ImageDone], events: AsyncIterato
         raise AnswerCutOff() from exc
 
 
-async def _sse(run: Run, request: Request) -> AsyncIterator[bytes]:
-    renderer = StreamRenderer(run.request)
-    finished: list[bytes] = []
+async def _stream_opening(run: Run, request: Request, events: AsyncIterator) -> tuple | None:
+    """What a stream opens with: the events read until the first one it shows (a partial image) or the run's end,
+    and the rest of the events (None once they are all read). Until then not a byte is sent, so a failure is
+    still a plain error with its status (an upstream's 429, a moderation block, every channel down), as OpenAI
+    answers one before its stream. None: the client left meanwhile."""
+    opening: list = []
+    rest: AsyncIterator | None = None
+    watcher = asyncio.create_task(_keep_if_gone(request, run))
     try:
-        async for event in run.events():
+        async for event in events:
+            if isinstance(event, (PartialImage, ImageDone)):
+                opening.append(event)
+            if isinstance(event, PartialImage):
+                rest = events
+                break
+    except BaseException:
+        run.abandon()
+        raise
+    finally:
+        watcher.cancel()
+    if watcher.done() and not watcher.cancelled():
+        return None
+    return opening, rest
+
+
+async def _sse(run: Run, opening: list, rest: AsyncIterator | None) -> AsyncIterator[bytes]:
+    renderer = StreamRenderer(run.request)
+    finished: list[ImageDone] = []
+
+    async def all_events() -> AsyncIterator:
+        for event in opening:
+            yield event
+        if rest is not None:
+            async for event in rest:
+                yield event
+
+    try:
+        async for event in all_events():
             if isinstance(event, PartialImage):
                 yield renderer.partial(event.data, event.partial_index)
             elif isinstance(event, ImageDone):
