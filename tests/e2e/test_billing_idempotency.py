@@ -177,6 +177,23 @@ def test_static_keys_get_idempotency_too(metered):
     assert raw.headers["idempotent-replayed"] == "true" and raw.parse().data[0].b64_json == first.data[0].b64_json
 
 
+def test_static_keys_that_look_alike_keep_their_results_apart(backend, tmp_path):  # noqa: F811
+    twins = ("sk-team-one-secret-xyz9", "sk-team-two-secret-xyz9")  # both shown as "sk-tea...xyz9"
+    with metered_server(backend, tmp_path, api_keys=twins) as live:
+        client(live, twins[0]).images.generate(**LOW, **_idem("job-1"))
+        other = client(live, twins[1]).images.with_raw_response.generate(**LOW, **_idem("job-1"))
+        assert "idempotent-replayed" not in other.headers  # run for this key, not the other key's answer
+
+
+def test_a_replay_is_refused_to_a_key_that_may_not_use_the_model(metered):
+    allowed = new_account(metered, "acme", "1")
+    narrow = admin(metered, "POST", "/keys", json={"account": "acme", "allowed_models": ["dall-e-2"]}).json()["key"]
+    client(metered, allowed).images.generate(**LOW, **_idem("shared-1"))
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        client(metered, narrow).images.generate(**LOW, **_idem("shared-1"))
+    assert exc.value.body["code"] == "model_not_allowed"
+
+
 def test_a_bad_idempotency_key_is_400(metered):
     key = new_account(metered, "acme", "1")
     answer = httpx.post(f"{metered.base_url}/images/generations", json=LOW,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,9 @@ class Principal:
     group: str = "default"  # the account's price group (multiplier in the price book)
     allowed_models: tuple[str, ...] | None = None  # None: every model
     guard_policy: str | None = None  # the key's own prompt-guard policy; None: the deployment's
+    # Whose idempotency keys these are: the account's, or one static key's own (by a digest of the whole key: two
+    # keys can share a shown prefix).
+    idempotency_scope: str = ""
 
 
 class KeyStore(Protocol):
@@ -46,7 +50,8 @@ class StaticKeys:
             matched |= hmac.compare_digest(candidate, key)
         if not matched:
             raise AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
-        return Principal(key_prefix=redact(token))
+        return Principal(key_prefix=redact(token),
+                         idempotency_scope=f"static:{hashlib.sha256(candidate).hexdigest()[:32]}")
 
     def forget(self, prefix: str | None = None) -> None:
         return None  # configured keys change only with the configuration

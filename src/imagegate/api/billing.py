@@ -152,7 +152,7 @@ def body_hash(raw: RawRequest) -> str:
 
 
 def _scope(principal: Principal) -> str:
-    return f"acct:{principal.account_id}" if principal.metered else f"static:{principal.key_prefix}"
+    return f"acct:{principal.account_id}" if principal.metered else principal.idempotency_scope
 
 
 async def start_run(request: Request, image_request: ImageRequest, raw: RawRequest) -> Run | Response:
@@ -169,6 +169,8 @@ async def start_run(request: Request, image_request: ImageRequest, raw: RawReque
     for _ in range(3):
         record = await billing.idempotent_result(idem)
         if record is not None:
+            # Keys share their account's results: one may get back only what it could have asked for itself.
+            billing.check_model(image_request, principal)
             return await _replay(request, image_request, record.result or {}, principal)
         try:
             return await state.gateway.begin(image_request, principal, idempotency=idem)

@@ -122,7 +122,7 @@ class Billing:
 
     def quote(self, request: "ImageRequest", payer: Payer | None) -> tuple[ModelPrice, Cost]:
         """The most ``request`` can cost this payer. A model without a price is an error, never free."""
-        self._check_model(request, payer)
+        self.check_model(request, payer)
         price = self.prices.price(request.job.model.id)
         if price is None:
             raise ServerError(
@@ -133,7 +133,7 @@ class Billing:
         return price, pricing.quote(price, request.job, self.multiplier(payer))
 
     @staticmethod
-    def _check_model(request: "ImageRequest", payer: Payer | None) -> None:
+    def check_model(request: "ImageRequest", payer: Payer | None) -> None:
         if payer is not None and payer.allowed_models is not None and request.job.model.id not in payer.allowed_models:
             raise PermissionDenied(
                 f"This API key may not use model '{request.job.model.id}'. It may use: "
@@ -157,7 +157,7 @@ class Billing:
         if metered:
             price, quote = self.quote(request, payer)
         else:
-            self._check_model(request, payer)
+            self.check_model(request, payer)
             price = self.prices.price(request.job.model.id)
             quote = pricing.quote(price, request.job, Fraction(1)) if price is not None else None
         job = request.job
