@@ -199,7 +199,9 @@ def test_reconcile_releases_holds_of_dead_servers_only(database_url):
         async with db.read() as conn:
             status = dict((await conn.execute(sa.select(holds.c.request_id, holds.c.status))).all())
         assert status == {"dead": "released", "alive": "open", "elsewhere": "open"}
-        # The other host stops heart-beating: after stale_after its holds go too.
+        # The other host stops heart-beating: after stale_after its holds go too (judged by a server whose own
+        # heartbeats have been going well for longer than that).
+        store._beating_since = time.time() - 3600
         async with db.write() as conn:
             await conn.execute(sa.update(instances).where(instances.c.id == elsewhere.instance_id)
                                .values(heartbeat_at=time.time() - 3600))
@@ -220,6 +222,55 @@ def test_reconcile_releases_holds_of_dead_servers_only(database_url):
     totals = run(database_url, body, stale_after_seconds=60)
     assert totals["balance"] == 1_000_000 and totals["held"] == 0 and totals["settle"] == 0
     check_invariants(totals)
+
+
+def test_after_an_outage_silent_servers_get_a_whole_stale_after_to_speak(database_url):
+    """A database outage silences every server: once it is over, nobody's holds are taken for lost until the
+    judge itself has been heart-beating for stale_after (the others have had the time to beat again)."""
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        other = BillingStore(store.db)
+        other.hostname = "another-host"
+        await other.register()
+        hold_id = (await other.place_hold(meta(account.id, 1000, "theirs"), key_id=None))[0]
+        async with store.db.write() as conn:  # the outage: the other server's heartbeats did not land either
+            await conn.execute(sa.update(instances).where(instances.c.id == other.instance_id)
+                               .values(heartbeat_at=time.time() - 3600))
+        real_write = store.db.run_write
+
+        async def down(*args, **kw):
+            raise OSError("the database is away")
+
+        store.db.run_write = down
+        with pytest.raises(OSError):
+            await store.heartbeat()
+        store.db.run_write = real_write
+        await store.heartbeat()  # back: this server beats again, the other has not had its turn yet
+        assert await store.reconcile() == 0
+        async with store.db.read() as conn:
+            assert (await conn.execute(sa.select(holds.c.status))).scalar_one() == "open"
+        store._beating_since = time.time() - 61  # a whole stale_after later, still silent: it is gone
+        assert await store.reconcile() == 1
+        async with store.db.read() as conn:
+            assert (await conn.execute(sa.select(holds.c.status).where(holds.c.id == hold_id))).scalar_one() \
+                == "released"
+
+    run(database_url, body, stale_after_seconds=60)
+
+
+def test_a_server_that_speaks_before_its_hold_is_released_keeps_it(database_url):
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        other = BillingStore(store.db)
+        other.hostname = "another-host"
+        await other.register()
+        hold_id = (await other.place_hold(meta(account.id, 1000, "theirs"), key_id=None))[0]
+        # Judged silent a moment ago; it has beaten since: the release must not go through.
+        assert await store.release(hold_id, reason="server_lost", silent_since=time.time() - 60) is False
+        async with store.db.read() as conn:
+            assert (await conn.execute(sa.select(holds.c.status))).scalar_one() == "open"
+
+    run(database_url, body)
 
 
 def test_heartbeat_keeps_a_live_servers_holds(database_url):
@@ -295,10 +346,11 @@ def test_same_host_replicas_in_other_pid_namespaces_keep_each_others_holds(datab
         assert await b.reconcile() == 0 and await a.reconcile() == 0 and await store.reconcile() == 0
         charged, _ = await settle(a, held["a"][0], held["a"][1], 1000)
         assert charged == 1000  # A's delivered image is paid for
-        # B stops beating: now its holds go.
+        # B stops beating, while A's own heartbeats go on: now B's holds go.
         async with db.write() as conn:
             await conn.execute(sa.update(instances).where(instances.c.id == b.instance_id)
                                .values(heartbeat_at=time.time() - 3600))
+        a._beating_since = time.time() - 3600
         assert await a.reconcile() == 1
         async with db.read() as conn:
             row = (await conn.execute(sa.select(instances).where(instances.c.id == a.instance_id))).one()

@@ -265,6 +265,10 @@ class BillingStore:
         # Only these are kept alive by the heartbeat: a hold nobody will settle must expire so that reconcile
         # releases it, not be extended for as long as the server runs.
         self._live_holds: set[str] = set()
+        # Since when this server's own heartbeats have kept succeeding (None: the last one failed). Others' silence
+        # is judged only after a whole stale_after of it: after a database outage every server looks silent, and
+        # their holds are still to be settled.
+        self._beating_since: float | None = None
 
     # --- accounts -------------------------------------------------------------------------------------------
 
@@ -582,15 +586,24 @@ class BillingStore:
         _INSERT_LEDGER(conn, entries)  # both in one round trip (PostgreSQL: one executemany)
         return account.balance_micro - account.held_micro
 
-    async def release(self, hold_id: str, *, reason: str, status: str = "crashed") -> bool:
+    async def release(
+        self, hold_id: str, *, reason: str, status: str = "crashed", silent_since: float | None = None
+    ) -> bool:
         """Give a whole hold back (nothing ran, or its server is gone); ``reason`` becomes the usage row's error
-        code. False if the hold was already closed."""
+        code. ``silent_since``: only if the hold's server has not heart-beaten since then. False if the hold was
+        already closed (or its server spoke meanwhile)."""
         self._live_holds.discard(hold_id)  # whether or not this commits, this process no longer vouches for it
-        return await self.db.run_write(self._release, hold_id, reason, status, time.time())
+        return await self.db.run_write(self._release, hold_id, reason, status, time.time(), silent_since)
 
-    def _release(self, conn: Connection, hold_id: str, reason: str, status: str, now: float) -> bool:
+    def _release(
+        self, conn: Connection, hold_id: str, reason: str, status: str, now: float, silent_since: float | None = None
+    ) -> bool:
+        condition = [holds.c.id == hold_id, _OPEN]
+        if silent_since is not None:
+            condition.append(~sa.exists().where(
+                instances.c.id == holds.c.instance_id, instances.c.heartbeat_at >= silent_since))
         hold = conn.execute(
-            sa.update(holds).where(holds.c.id == hold_id, _OPEN)
+            sa.update(holds).where(*condition)
             .values(status="released", closed_at=now, charged_micro=0)
             .returning(holds.c.amount_micro, holds.c.account_id, holds.c.key_id, holds.c.request_id, holds.c.usage_id)
         ).first()
@@ -707,7 +720,16 @@ class BillingStore:
                     boot_id=self.boot_id, started_at=now, heartbeat_at=now)
 
     async def register(self) -> None:
-        await self.db.run_write(self._register, time.time())
+        await self._beat(self._register, time.time())
+
+    async def _beat(self, fn, *args) -> None:
+        try:
+            await self.db.run_write(fn, *args)
+        except BaseException:
+            self._beating_since = None
+            raise
+        if self._beating_since is None:
+            self._beating_since = time.time()
 
     def _register(self, conn: Connection, now: float) -> None:
         conn.execute(sa.insert(instances).values(self._instance_row(now)))
@@ -721,7 +743,7 @@ class BillingStore:
     async def heartbeat(self) -> None:
         """This server is alive: so are the holds it still means to settle (a long generation must not lose its
         hold to the expiry). Its other open holds - a settlement given up on - are left to expire."""
-        await self.db.run_write(self._heartbeat, list(self._live_holds), time.time())
+        await self._beat(self._heartbeat, list(self._live_holds), time.time())
 
     def _heartbeat(self, conn: Connection, live: list[str], now: float) -> None:
         done = conn.execute(sa.update(instances).where(instances.c.id == self.instance_id).values(heartbeat_at=now))
@@ -746,11 +768,13 @@ class BillingStore:
         records. Returns holds released."""
         now = time.time()
         known, candidates = await self.db.run_read(self._reconcile_candidates)
+        judge_silence = self._beating_since is not None and now - self._beating_since >= self.stale_after
+        silent = {row.id for row in known
+                  if judge_silence and row.id != self.instance_id and row.heartbeat_at < now - self.stale_after}
         dead = {
             row.id for row in known
             if row.id != self.instance_id and (
-                (self._same_pid_space(row) and (row.pid == self.pid or not _pid_alive(row.pid)))
-                or row.heartbeat_at < now - self.stale_after
+                (self._same_pid_space(row) and (row.pid == self.pid or not _pid_alive(row.pid))) or row.id in silent
             )
         }
         alive = {row.id for row in known} - dead
@@ -764,19 +788,27 @@ class BillingStore:
                 continue
             reason = "hold_expired" if hold.instance_id in alive or hold.instance_id == self.instance_id \
                 else "server_lost"
-            released += await self.release(hold.id, reason=reason)
-        await self.db.run_write(self._forget, dead, now)
+            # Judged by its silence alone: released only if it is still silent as the release commits.
+            silent_since = now - self.stale_after if hold.instance_id in silent and hold.expires_at >= now else None
+            released += await self.release(hold.id, reason=reason, silent_since=silent_since)
+        await self.db.run_write(self._forget, dead - silent, silent, now - self.stale_after, now)
         return released
 
     def _reconcile_candidates(self, conn: Connection) -> tuple[list[Any], list[Any]]:
-        known = conn.execute(sa.select(instances)).all()
+        # Holds first: each one's server registered before placing it, so it is among the servers read next (on
+        # PostgreSQL the two reads are separate snapshots).
         candidates = conn.execute(_OPEN_HOLDS).all()
+        known = conn.execute(sa.select(instances)).all()
         return known, candidates
 
-    def _forget(self, conn: Connection, dead: set[str], now: float) -> None:
-        """Drop dead servers, expired idempotency records, and what unmetered requests left unfinished."""
+    def _forget(self, conn: Connection, dead: set[str], silent: set[str], silent_since: float, now: float) -> None:
+        """Drop dead servers (those judged by their silence only if still silent), expired idempotency records,
+        and what unmetered requests left unfinished."""
         if dead:
             conn.execute(sa.delete(instances).where(instances.c.id.in_(dead)))
+        if silent:
+            conn.execute(sa.delete(instances).where(instances.c.id.in_(silent),
+                                                    instances.c.heartbeat_at < silent_since))
         conn.execute(sa.delete(idempotency).where(idempotency.c.expires_at < now, idempotency.c.state == "done"))
         # Unmetered requests have no hold; their claims and usage rows are given up after the hold lifetime.
         old = now - self.hold_ttl
