@@ -113,6 +113,21 @@ def test_follow_up_edits_the_previous_image(client):
     assert '"prompt": "make it bluer"' in second.choices[0].message.content
 
 
+def test_follow_up_edits_our_image_not_a_link_the_user_typed(client):
+    typed = "https://elsewhere.example/files/" + "0" * 32 + ".png?expires=1&signature=00"  # looks like ours
+    first = client.chat.completions.create(model="gpt-4o-image", messages=[
+        {"role": "user", "content": f"like this one: {typed}, 2:3"}])
+    answer = first.choices[0].message.content
+    assert typed in answer  # quoted back in the prompt block, before the image we made
+    second = client.chat.completions.create(model="gpt-4o-image", messages=[
+        {"role": "user", "content": f"like this one: {typed}, 2:3"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "make it bluer"},
+    ])
+    url = LINK_RE.findall(second.choices[0].message.content)[0][1]
+    assert decode(httpx.get(url).content).size == (1024, 1536)  # the image we made, not the typed link
+
+
 class _PngHandler(BaseHTTPRequestHandler):
     body = png_bytes(300, 200, (0, 200, 0, 255))
 

@@ -516,3 +516,16 @@ def test_a_stream_refused_by_the_upstream_is_a_plain_error_with_its_status(fault
             list(client.images.generate(model="gpt-image-1", prompt="a fault", size="1024x1024", quality="low",
                                         stream=True, partial_images=1))
         assert exc.value.status_code == 429 and exc.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_an_upstreams_queue_shows_in_a_chat_stream(faults, tmp_path):
+    faults.default = Reply(200, _chat_answer("```json\n{}\n```\n\n", "> 🕐 Queuing\n\n", "> ⚡ Generating\n\n",
+                                             "> 🏃 Progress 50 100\n\n> ✅ Generation complete\n\n",
+                                             f"![gen_1]({faults.image_url})"),
+                           {"content-type": "text/event-stream"})
+    with _fronting(tmp_path, channel("chat", faults.base_url, ["gpt-4o-image"], type="chat-image")) as client:
+        streamed = client.chat.completions.create(model="gpt-4o-image", stream=True,
+                                                  messages=[{"role": "user", "content": "a cat"}])
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert "> 🕐 Queuing\n\n" in text and "None" not in text  # queued upstream, at no position we know
+        assert text.index("Queuing") < text.index("Generating")

@@ -31,6 +31,7 @@ from imagegate.validate import RawRequest, decode_image_reference, validate_requ
 router = APIRouter()
 
 _OUR_LINK_RE = re.compile(r"/files/([0-9a-f]{32}\.(?:png|jpeg|webp))\?expires=(\d+)&signature=([0-9a-f]+)")
+_FENCED_RE = re.compile(r"```.*?```", re.DOTALL)
 # Chat fields that shape the image; everything else in a chat body (temperature, tools…) means nothing here.
 _IMAGE_FIELDS = ("size", "quality", "background", "output_format", "output_compression", "moderation", "n")
 
@@ -98,7 +99,8 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             message = messages[index]
             if isinstance(message, dict) and message.get("role") == "assistant":
                 text = message.get("content") if isinstance(message.get("content"), str) else ""
-                found = _OUR_LINK_RE.search(text or "")
+                # Not in the fenced prompt block our answers open with: a link the user typed is quoted there.
+                found = _OUR_LINK_RE.search(_FENCED_RE.sub("", text or ""))
                 if found:
                     refs = [(f"messages[{index}].content", found.group(0))]
                     break
@@ -249,15 +251,18 @@ async def _stream(request: Request, run: Run, completion_id: str, model: str, cr
     try:
         yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
         yield say(_prompt_block(run))
-        last_position = None
+        last_position: object = None
+        queued = False
         generating = False
         last_percent = -1
         async for event in run.events():
             if isinstance(event, Progress):
                 if event.stage == "queued":
-                    if event.queue_position != last_position:
-                        last_position = event.queue_position
-                        yield say(f"> 🕐 Queuing, position {event.queue_position}\n\n")
+                    # Our own queue knows the position; an upstream's queue (a chat relay) only says it queues.
+                    if not queued or event.queue_position != last_position:
+                        queued, last_position = True, event.queue_position
+                        where = f", position {event.queue_position}" if event.queue_position is not None else ""
+                        yield say(f"> 🕐 Queuing{where}\n\n")
                     continue
                 if not generating:
                     generating = True
