@@ -15,7 +15,8 @@ from PIL import Image
 from imagegate.engines.base import ImageDone, JobDone
 from imagegate.errors import EngineError
 from tests.billing.live import (  # noqa: F401  (fixtures)
-    admin, assert_books_balance, backend, client, metered, metered_server, new_account, quote, settled, totals,
+    ADMIN, admin, assert_books_balance, backend, client, metered, metered_server, new_account, quote, settled,
+    totals,
 )
 from tests.servers import TEST_KEY
 
@@ -287,6 +288,10 @@ def test_admin_api_guards_and_validates(metered):
     assert admin(metered, "POST", "/keys", json={"account": "nobody"}).status_code == 404
     assert admin(metered, "POST", "/keys", json={"account": "acme", "allowed_models": ["nope"]}).status_code == 400
     assert admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "soon"}).status_code == 400
+    for never in ("NaN", "Infinity", "1" + "0" * 400):  # JSON as Python's parser takes it: NaN never compares
+        answer = httpx.post(f"{metered.root}/admin/keys", content='{"account": "acme", "expires_at": %s}' % never,
+                            headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "expires_at", answer.text
     assert admin(metered, "POST", "/keys/sk-ig-nothere/revoke").status_code == 404
     topped = admin(metered, "POST", "/accounts/acme/topups", json={"amount": "2.5", "note": "invoice 7"}).json()
     assert topped["balance"]["usd"] == "3.500000" and topped["balance"]["credits"] == 248_500.0

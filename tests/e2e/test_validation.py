@@ -314,6 +314,19 @@ def test_edit_without_image_is_missing_parameter(server):
     assert body["error"]["code"] == "missing_required_parameter"
 
 
+def test_an_unknown_file_part_is_an_unknown_parameter(server):
+    # What the SDK sends for gpt-image-2.6's `markup`, which this catalog does not take.
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    fields = [("prompt", (None, PROMPT)), ("model", (None, "gpt-image-1")),
+              ("image", ("a.png", png_bytes(256, 256), "image/png")),
+              ("markup", ("m.png", png_bytes(256, 256), "image/png"))]
+    response = httpx.post(f"{server.base_url}/images/edits", headers=headers, files=fields, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == ("unknown_parameter", "markup", "invalid_request_error")
+    assert error["message"].startswith("Unknown parameter: 'markup'.")
+
+
 def test_json_edit_with_empty_images_names_images(client):
     expect_400(
         lambda: client.post("/images/edits", body={"model": "gpt-image-1", "prompt": PROMPT, "images": []},

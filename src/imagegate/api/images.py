@@ -59,7 +59,9 @@ async def _multipart(request: Request, settings) -> RawRequest:
             elif name == "mask":
                 mask = data
             else:
-                raise InvalidRequest(f"Unexpected file part '{name}'. Files go in 'image', 'image[]' or 'mask'.", param=name)
+                # An unknown parameter, as any other (the SDK sends a 2.6 `markup` as a file): its code says so.
+                raise InvalidRequest(f"Unknown parameter: '{name}'. Files go in 'image', 'image[]' or 'mask'.",
+                                     param=name, code="unknown_parameter")
         else:
             if name in ("image", "image[]", "mask"):
                 raise InvalidType(f"Invalid type for '{name}': expected a file upload, but got text.", param=name)

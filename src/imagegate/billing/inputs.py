@@ -10,6 +10,7 @@ from typing import Any
 from imagegate.billing.money import MoneyError, parse_amount
 from imagegate.errors import InvalidRequest, InvalidType
 
+_YEAR_10000 = 253402300800  # unix seconds
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
@@ -38,6 +39,10 @@ def parse_expiry(value: Any, param: str = "expires_at") -> float | None:
     if isinstance(value, bool):
         raise InvalidType(what, param=param)
     if isinstance(value, (int, float)):
+        # NaN would make a key that never expires (no comparison with it is true), and is refused here with
+        # infinities and numbers past the year 9999 (too large for a date, or for a float).
+        if not 0 <= value < _YEAR_10000:
+            raise InvalidRequest(what, param=param)
         return float(value)
     if isinstance(value, str):
         text = value.strip()
