@@ -128,6 +128,16 @@ def test_follow_up_edits_our_image_not_a_link_the_user_typed(client):
     assert decode(httpx.get(url).content).size == (1024, 1536)  # the image we made, not the typed link
 
 
+def test_a_follow_up_with_a_model_that_cannot_edit_draws_anew(client):
+    first = client.chat.completions.create(model="dall-e-3", messages=[{"role": "user", "content": "a red car"}])
+    second = client.chat.completions.create(model="dall-e-3", messages=[
+        {"role": "user", "content": "a red car"},
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "now a blue boat"},
+    ])
+    assert second.choices[0].finish_reason == "stop" and LINK_RE.findall(second.choices[0].message.content)
+
+
 class _PngHandler(BaseHTTPRequestHandler):
     body = png_bytes(300, 200, (0, 200, 0, 255))
 

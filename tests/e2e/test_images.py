@@ -53,6 +53,8 @@ def test_gpt_models_generate_exact_size_and_usage(client, model, size, quality, 
     assert result.quality == expected_quality
     assert result.background == "opaque" and result.output_format == "png"
     assert result.usage.output_tokens == output_tokens
+    details = result.usage.output_tokens_details  # typed by the SDK since gpt-image-1.5
+    assert (details.image_tokens, details.text_tokens) == (output_tokens, 0)
     assert result.usage.input_tokens_details.image_tokens == 0
     assert result.usage.input_tokens == result.usage.input_tokens_details.text_tokens > 0
     assert result.usage.total_tokens == result.usage.input_tokens + output_tokens

@@ -93,8 +93,11 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
         raise InvalidRequest("The conversation has no user message to draw from.", param="messages")
     prompt, image_urls = _text_of(messages[last_user].get("content"), f"messages[{last_user}]")
     refs = [(f"messages[{last_user}].content", url) for url in image_urls]
-    if not refs:
-        # A follow-up ("make it bluer") edits the latest image this server drew earlier in the conversation.
+    model = request.app.state.channels.catalog.get(body.get("model"))
+    edits = model is None or ("edit" in model.operations and model.max_input_images > 0)
+    if not refs and edits:
+        # A follow-up ("make it bluer") edits the latest image this server drew earlier in the conversation (with a
+        # model that edits at all: for the others, every message is a new picture).
         for index in range(last_user - 1, -1, -1):
             message = messages[index]
             if isinstance(message, dict) and message.get("role") == "assistant":
@@ -110,7 +113,6 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             fields[name] = body[name]
     if not refs:
         return RawRequest("generate", fields)
-    model = request.app.state.channels.catalog.get(body.get("model"))
     if model is not None and len(refs) > model.max_input_images:
         # Refuse before fetching anything: the count alone decides it.
         raise InvalidRequest(

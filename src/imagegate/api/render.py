@@ -24,6 +24,8 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"text_tokens": usage.text_tokens, "image_tokens": usage.image_tokens},
         "output_tokens": usage.output_tokens,
+        # Every output token of these models is an image token (the detail gpt-image-1.5 added, which the SDK types).
+        "output_tokens_details": {"image_tokens": usage.output_tokens, "text_tokens": 0},
         "total_tokens": usage.total_tokens,
     }
 
