@@ -12,8 +12,10 @@ from fastapi import FastAPI
 
 from imagegate.api import errors as api_errors
 from imagegate.api import admin, billing as billing_api, channels as channels_api, chat, files, images, models
+from imagegate.api.admin import apply_price_file
 from imagegate.api.auth import KeyStore, StaticKeys
 from imagegate.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from imagegate.billing.prices import price_file_stamp
 from imagegate.catalog import Catalog, load_catalog
 from imagegate.config import ConfigError, Settings, metering_enabled
 from imagegate.engines.sandbox import SandboxEngine
@@ -77,6 +79,7 @@ def create_app(
 ) -> FastAPI:
     catalog = catalog or load_catalog()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prices_stamp = price_file_stamp(settings.price_file)  # before reading it: a change meanwhile is read again
     billing, keys, billing_runtime = _billing(settings, catalog, keys)
     signer = UrlSigner(load_or_create_secret(settings.data_dir / "url_secret.key"))
     storage = LocalStorage(settings.images_dir, signer, settings.url_ttl_seconds)
@@ -118,6 +121,9 @@ def create_app(
             background.append(asyncio.create_task(_repeat(
                 settings.heartbeat_interval_seconds, lambda: _follow_channels(app), "reloading channels failed",
                 first_wait=True)))
+            background.append(asyncio.create_task(_repeat(
+                settings.heartbeat_interval_seconds, lambda: _follow_prices(app), "reloading prices failed",
+                first_wait=True)))
         background.append(asyncio.create_task(_repeat(
             settings.janitor_interval_seconds, lambda: _sweep(storage), "janitor sweep failed")))
         try:
@@ -147,6 +153,7 @@ def create_app(
     app.state.storage = storage
     app.state.gateway = gateway
     app.state.billing = billing
+    app.state.prices_stamp = prices_stamp
     app.state.channels = channel_set
     # Channels kept in the database (added through the admin API); None without one.
     app.state.channel_store = ChannelStore(billing_runtime.store.db) if billing_runtime is not None else None
@@ -186,6 +193,22 @@ async def _follow_channels(app: FastAPI) -> None:
     """Channels changed through another server process (or replica) reach this one within a heartbeat."""
     if await reload_channels(app.state):
         log.info("channels reloaded: %s", ", ".join(c.name for c in app.state.channels.router.channels))
+
+
+async def _follow_prices(app: FastAPI) -> None:
+    """A price file changed (edited, and reloaded through another server process's admin API, or not): this
+    process prices with it within a heartbeat. A bad file is reported once and the old prices stay."""
+    state = app.state
+    stamp = price_file_stamp(state.settings.price_file)
+    if stamp is None or stamp == state.prices_stamp:
+        return
+    try:
+        apply_price_file(state)
+    except ConfigError as exc:
+        state.prices_stamp = stamp  # once per version of the file
+        log.warning("the price file changed but is not applied, the old prices stay: %s", exc)
+        return
+    log.info("prices reloaded from %s", state.settings.price_file)
 
 
 async def _sweep(storage: LocalStorage) -> None:

@@ -268,6 +268,24 @@ def test_price_groups_multiply_an_accounts_prices(backend, tmp_path):  # noqa: F
         assert raw.headers["x-imagegate-cost"] == "0.005513"  # 11,025 / 2 = 5,512.5, rounded half up once
 
 
+def test_every_server_process_follows_the_price_file(backend, tmp_path):  # noqa: F811
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[groups]\nhalf = 0.5\n")
+    with metered_server(backend, tmp_path, price_file=prices, heartbeat_interval_seconds=0.2) as live:
+        key = new_account(live, "acme", "1")
+        before = quote(live, key, LOW)
+        # Edited, and reloaded through another process's admin API (or not at all): this one follows the file.
+        prices.write_text("[groups]\nhalf = 0.5\ndouble = 2\n")
+        deadline = time.monotonic() + 10
+        while admin(live, "PATCH", "/accounts/acme", json={"group": "double"}).status_code != 200:
+            assert time.monotonic() < deadline, "the new group never arrived"
+            time.sleep(0.1)
+        assert quote(live, key, LOW) == 2 * before
+        prices.write_text("[groups\n")  # a broken edit: the prices in use stay
+        time.sleep(0.6)
+        assert quote(live, key, LOW) == 2 * before
+
+
 def test_admin_api_guards_and_validates(metered):
     no_token = httpx.get(f"{metered.root}/admin/accounts")
     assert no_token.status_code == 401 and no_token.json()["error"]["code"] == "missing_api_key"

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from imagegate.api.auth import bearer_token
 from imagegate.api.wire import json_body
 from imagegate.billing import Billing, load_price_book
+from imagegate.billing.prices import PriceBook, PriceBookError, price_file_stamp
 from imagegate.billing.inputs import check_name, money, parse_expiry
 from imagegate.billing.money import amount_dict
 from imagegate.billing.store import Account, ApiKey, BillingStore
@@ -206,16 +207,24 @@ async def prices(request: Request) -> Any:
 @router.post("/prices/reload", dependencies=guard)
 async def reload_prices(request: Request) -> Any:
     """Read the price file again; a bad file is refused (400 naming the entry) and the old prices stay."""
-    state = request.app.state
     try:
-        book = load_price_book(state.settings.price_file)
+        book = apply_price_file(request.app.state)
     except ConfigError as exc:
         raise InvalidRequest(str(exc), param="price_file") from None
+    return book.to_dict()
+
+
+def apply_price_file(state: Any) -> PriceBook:
+    """Read the price file again and price with it from now on, in this process (the others follow the file
+    within a heartbeat); a bad file raises ConfigError and the old prices stay."""
+    stamp = price_file_stamp(state.settings.price_file)
+    book = load_price_book(state.settings.price_file)
     problems = book.coverage_problems(state.channels.catalog)
     if problems and state.billing.store is not None:
-        raise InvalidRequest(f"prices: {problems[0]}", param="price_file")
+        raise PriceBookError(f"prices: {problems[0]}")
     state.billing.prices = book
-    return book.to_dict()
+    state.prices_stamp = stamp
+    return book
 
 
 @router.post("/reconcile", dependencies=guard)

@@ -132,6 +132,17 @@ def _read(path: Path | None) -> tuple[dict[str, Any], str]:
         raise PriceBookError(f"price file {path}: {exc}") from None
 
 
+def price_file_stamp(path: Path | None) -> tuple[int, int] | None:
+    """What says the price file changed (modification time and size); None: no file, or none configured."""
+    if path is None:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def load_price_book(path: Path | None = None) -> PriceBook:
     """The shipped prices, overridden by ``path`` if given."""
     shipped, shipped_name = _read(None)
