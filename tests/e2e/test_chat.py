@@ -13,6 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from tests import openapi
 from tests.imaging_helpers import decode, png_bytes
 from tests.servers import TEST_KEY, start_server
 
@@ -83,6 +84,23 @@ def test_gpt_image_model_through_chat_reports_usage(client):
     )
     assert result.usage.completion_tokens == 272
     assert result.usage.total_tokens == result.usage.prompt_tokens + 272
+
+
+def test_a_stream_carries_usage_only_when_asked_as_openai_does(client):
+    def chunks(**extra):
+        return list(client.chat.completions.create(
+            model="gpt-image-1", stream=True, messages=[{"role": "user", "content": "a lighthouse"}],
+            extra_body={"quality": "low"}, **extra))
+
+    plain = chunks()
+    assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason == "stop"
+    counted = chunks(stream_options={"include_usage": True})
+    *rest, last = counted
+    assert last.choices == [] and last.usage.completion_tokens == 272  # after the finishing chunk
+    assert rest[-1].choices[0].finish_reason == "stop" and all(c.usage is None for c in rest)
+    whole = client.chat.completions.with_raw_response.create(
+        model="gpt-image-1", messages=[{"role": "user", "content": "x"}], extra_body={"quality": "low"})
+    openapi.validate(whole.http_response.json(), "CreateChatCompletionResponse")  # the message's refusal: null
 
 
 def test_image_url_reference_makes_it_an_edit(client):

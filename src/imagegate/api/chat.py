@@ -134,18 +134,34 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
     return RawRequest("edit", fields, images=images)
 
 
-def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None,
+def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any] | None, finish: str | None = None,
            usage: dict[str, Any] | None = None) -> bytes:
+    """One chunk of a stream; ``delta`` None: the usage chunk (no choices) that ends a stream asked to include it."""
     body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     if usage is not None:
         body["usage"] = usage
     return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def _stream_end(completion_id: str, model: str, created: int, finish: str, usage: dict[str, int],
+                include_usage: bool) -> list[bytes]:
+    """The finishing chunk, then, as OpenAI does when ``stream_options.include_usage`` is set, a chunk with the
+    usage and no choices; then [DONE]."""
+    end = [_chunk(completion_id, model, created, {}, finish)]
+    if include_usage:
+        end.append(_chunk(completion_id, model, created, None, usage=usage))
+    return end + [b"data: [DONE]\n\n"]
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _chat_usage(run: Run | None) -> dict[str, int]:
@@ -200,11 +216,11 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
         image_request = await state.gateway.preflight(image_request, principal, endpoint="chat")
     except ModerationBlocked as exc:
         # A chat client shows assistant messages, not error envelopes: explain the refusal in the conversation.
-        return _refusal(completion_id, model_id, created, _blocked_text(exc), stream)
+        return _refusal(completion_id, model_id, created, _blocked_text(exc), stream, _include_usage(body))
     run = await state.gateway.begin(image_request, principal, store=True, endpoint="chat")  # holds the cost first
     if stream:
         return StreamingResponse(
-            _stream(request, run, completion_id, model_id, created),
+            _stream(request, run, completion_id, model_id, created, _include_usage(body)),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
@@ -226,26 +242,29 @@ def _completion(completion_id: str, model: str, created: int, content: str, fini
         "created": created,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish, "logprobs": None}
+            {"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+             "finish_reason": finish, "logprobs": None}
         ],
         "usage": usage,
     }
 
 
-def _refusal(completion_id: str, model: str, created: int, text: str, stream: bool) -> Any:
+def _refusal(completion_id: str, model: str, created: int, text: str, stream: bool, include_usage: bool) -> Any:
     if not stream:
         return JSONResponse(_completion(completion_id, model, created, text, "content_filter", _chat_usage(None)))
 
     async def chunks() -> AsyncIterator[bytes]:
         yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
         yield _chunk(completion_id, model, created, {"content": text})
-        yield _chunk(completion_id, model, created, {}, "content_filter", _chat_usage(None))
-        yield b"data: [DONE]\n\n"
+        for chunk in _stream_end(completion_id, model, created, "content_filter", _chat_usage(None), include_usage):
+            yield chunk
 
     return StreamingResponse(chunks(), media_type="text/event-stream")
 
 
-async def _stream(request: Request, run: Run, completion_id: str, model: str, created: int) -> AsyncIterator[bytes]:
+async def _stream(
+    request: Request, run: Run, completion_id: str, model: str, created: int, include_usage: bool
+) -> AsyncIterator[bytes]:
     def say(text: str) -> bytes:
         return _chunk(completion_id, model, created, {"content": text})
 
@@ -278,8 +297,8 @@ async def _stream(request: Request, run: Run, completion_id: str, model: str, cr
             yield say(" 100\n\n" if generating else "")
         yield say("> ✅ Generation complete\n\n")
         yield say(_image_markdown(request, stored))
-        yield _chunk(completion_id, model, created, {}, "stop", _chat_usage(run))
-        yield b"data: [DONE]\n\n"
+        for chunk in _stream_end(completion_id, model, created, "stop", _chat_usage(run), include_usage):
+            yield chunk
     except ImagegateError as exc:
         yield f"data: {json.dumps({'error': exc.to_dict()})}\n\n".encode()
     except BaseException:
