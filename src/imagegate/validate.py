@@ -356,27 +356,31 @@ def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_im
 _DATA_URL_RE = re.compile(r"^data:(image/[\w.+-]+)?(;[\w=.-]+)*;base64,(.*)$", re.DOTALL)
 
 
-def decode_image_reference(ref: Any, param: str) -> bytes:
-    """The JSON edit body's ``{"image_url": "data:..."}`` (or ``file_id``) to bytes."""
+def image_reference_url(ref: Any, param: str) -> str:
+    """The URL of a JSON edit body's ``{"image_url": ...}`` (a ``file_id`` is refused: there is no Files API)."""
     if not isinstance(ref, dict):
         raise InvalidType(f"Invalid type for '{param}': expected an object with 'image_url'.", param=param)
     if "file_id" in ref:
         raise InvalidRequest(
-            f"Invalid '{param}': file_id references are not supported by this server; send the image as a "
-            "base64 data URL in 'image_url', or use a multipart request.",
+            f"Invalid '{param}': file_id references are not supported by this server (it has no Files API); send "
+            "the image's URL or a base64 data URL in 'image_url', or use a multipart request.",
             param=param,
         )
     url = ref.get("image_url")
     if not isinstance(url, str):
         raise MissingParameter(f"{param}.image_url")
+    return url
+
+
+def decode_data_url(url: str, param: str) -> bytes:
+    """A ``data:image/...;base64,...`` URL (in ``param``) to bytes."""
     match = _DATA_URL_RE.match(url)
     if not match:
         raise InvalidRequest(
-            f"Invalid '{param}.image_url': expected a base64 data URL such as 'data:image/png;base64,...'. "
-            "Remote URLs are not fetched on this endpoint.",
-            param=f"{param}.image_url",
+            f"Invalid '{param}': expected an http(s) URL or a base64 data URL such as 'data:image/png;base64,...'.",
+            param=param,
         )
     try:
         return base64.b64decode(match.group(3), validate=False)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(f"Invalid '{param}.image_url': the base64 data is corrupt.", param=f"{param}.image_url") from None
+        raise InvalidRequest(f"Invalid '{param}': the base64 data is corrupt.", param=param) from None

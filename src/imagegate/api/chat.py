@@ -20,17 +20,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, stream_headers
+from imagegate.api.references import OUR_LINK_RE, load_images
 from imagegate.api.wire import base_url, json_body, request_id
 from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked
-from imagegate.fetch import fetch_image
 from imagegate.gateway import Run, Stored
-from imagegate.validate import RawRequest, decode_image_reference, validate_request
+from imagegate.validate import RawRequest, validate_request
 
 router = APIRouter()
 
-_OUR_LINK_RE = re.compile(r"/files/([0-9a-f]{32}\.(?:png|jpeg|webp))\?expires=(\d+)&signature=([0-9a-f]+)")
 _FENCED_RE = re.compile(r"```.*?```", re.DOTALL)
 # Chat fields that shape the image; everything else in a chat body (temperature, tools…) means nothing here.
 _IMAGE_FIELDS = ("size", "quality", "background", "output_format", "output_compression", "moderation", "n")
@@ -63,21 +62,6 @@ def _text_of(content: Any, where: str) -> tuple[str, list[Any]]:
     return "\n".join(t for t in texts if t), images
 
 
-async def _load_image(request: Request, url: str, param: str) -> bytes:
-    state = request.app.state
-    ours = _OUR_LINK_RE.search(url)
-    if ours:  # our own signed link: read it from storage, no network round trip
-        path = state.storage.open_signed(*ours.groups())
-        return path.read_bytes()
-    if url.startswith("data:"):
-        return decode_image_reference({"image_url": url}, param)
-    settings = state.settings
-    return await fetch_image(
-        url, param=param, max_bytes=settings.max_image_bytes, timeout_s=settings.image_fetch_timeout_seconds,
-        allow_private=settings.allow_private_image_urls,
-    )
-
-
 async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -103,7 +87,7 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             if isinstance(message, dict) and message.get("role") == "assistant":
                 text = message.get("content") if isinstance(message.get("content"), str) else ""
                 # Not in the fenced prompt block our answers open with: a link the user typed is quoted there.
-                found = _OUR_LINK_RE.search(_FENCED_RE.sub("", text or ""))
+                found = OUR_LINK_RE.search(_FENCED_RE.sub("", text or ""))
                 if found:
                     refs = [(f"messages[{index}].content", found.group(0))]
                     break
@@ -120,18 +104,8 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             f"but the message has {len(refs)}.",
             param=refs[0][0],
         )
-    images, total = [], 0
-    budget = request.app.state.settings.max_request_bytes
-    for param, url in refs:
-        data = await _load_image(request, url, param)
-        total += len(data)
-        if total > budget:
-            raise InvalidRequest(
-                f"The reference images add up to more than {budget:,} bytes; send fewer or smaller images.",
-                param=param, code="image_too_large",
-            )
-        images.append(("image", data))
-    return RawRequest("edit", fields, images=images)
+    images = await load_images(request, refs)
+    return RawRequest("edit", fields, images=[("image", data) for data in images])
 
 
 def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any] | None, finish: str | None = None,

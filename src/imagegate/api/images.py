@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, start_run, stream_headers
+from imagegate.api.references import load_images
 from imagegate.api.wire import base_url, content_type, json_body, request_id
 from imagegate.api.render import (
     AnswerCutOff,
@@ -31,7 +32,7 @@ from imagegate.api.render import (
 from imagegate.engines.base import Base64Stream, ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
 from imagegate.gateway import Run
-from imagegate.validate import RawRequest, decode_image_reference, validate_request
+from imagegate.validate import RawRequest, image_reference_url, validate_request
 
 router = APIRouter()
 log = logging.getLogger("imagegate.api")
@@ -70,7 +71,7 @@ async def _multipart(request: Request, settings) -> RawRequest:
     return RawRequest("edit", fields, multipart=True, images=images, mask=mask)
 
 
-def _json_edit(body: dict[str, Any]) -> RawRequest:
+async def _json_edit(request: Request, body: dict[str, Any]) -> RawRequest:
     fields = dict(body)
     refs = fields.pop("images", None)
     mask_ref = fields.pop("mask", None)
@@ -87,9 +88,13 @@ def _json_edit(body: dict[str, Any]) -> RawRequest:
     if not refs:
         raise InvalidRequest("Missing required parameter: 'images' holds no image; send 1 to 16 {image_url} objects.",
                              param="images", code="missing_required_parameter")
-    images = [("images", decode_image_reference(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
-    mask = decode_image_reference(mask_ref, "mask") if mask_ref is not None else None
-    return RawRequest("edit", fields, multipart=False, images=images, mask=mask)
+    # As OpenAI's: each image_url a URL (fetched, public hosts only) or a data URL.
+    urls = [(f"images[{i}].image_url", image_reference_url(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
+    if mask_ref is not None:
+        urls.append(("mask.image_url", image_reference_url(mask_ref, "mask")))
+    loaded = await load_images(request, urls)
+    mask = loaded.pop() if mask_ref is not None else None
+    return RawRequest("edit", fields, multipart=False, images=[("images", data) for data in loaded], mask=mask)
 
 
 async def _respond(request: Request, raw: RawRequest) -> Any:
@@ -254,7 +259,7 @@ async def edits(request: Request, principal: Principal = Depends(require_princip
     if kind == "multipart/form-data":
         raw = await _multipart(request, request.app.state.settings)
     elif kind == "application/json":
-        raw = _json_edit(await json_body(request))
+        raw = await _json_edit(request, await json_body(request))
     else:
         raise UnsupportedMediaType(
             f"Unsupported Content-Type '{kind or 'none'}': /v1/images/edits takes multipart/form-data "
