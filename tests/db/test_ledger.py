@@ -224,15 +224,20 @@ def test_reconcile_releases_holds_of_dead_servers_only(database_url):
     check_invariants(totals)
 
 
+async def _held_by_another_host(store: BillingStore) -> tuple[BillingStore, str]:
+    """A server on another host (judged by its heartbeat only), holding 1,000 of a new account's balance."""
+    account = await store.create_account("acme", balance_micro=1_000_000)
+    other = BillingStore(store.db)
+    other.hostname = "another-host"
+    await other.register()
+    return other, (await other.place_hold(meta(account.id, 1000, "theirs"), key_id=None))[0]
+
+
 def test_after_an_outage_silent_servers_get_a_whole_stale_after_to_speak(database_url):
     """A database outage silences every server: once it is over, nobody's holds are taken for lost until the
     judge itself has been heart-beating for stale_after (the others have had the time to beat again)."""
     async def body(store: BillingStore):
-        account = await store.create_account("acme", balance_micro=1_000_000)
-        other = BillingStore(store.db)
-        other.hostname = "another-host"
-        await other.register()
-        hold_id = (await other.place_hold(meta(account.id, 1000, "theirs"), key_id=None))[0]
+        other, hold_id = await _held_by_another_host(store)
         async with store.db.write() as conn:  # the outage: the other server's heartbeats did not land either
             await conn.execute(sa.update(instances).where(instances.c.id == other.instance_id)
                                .values(heartbeat_at=time.time() - 3600))
@@ -260,11 +265,7 @@ def test_after_an_outage_silent_servers_get_a_whole_stale_after_to_speak(databas
 
 def test_a_server_that_speaks_before_its_hold_is_released_keeps_it(database_url):
     async def body(store: BillingStore):
-        account = await store.create_account("acme", balance_micro=1_000_000)
-        other = BillingStore(store.db)
-        other.hostname = "another-host"
-        await other.register()
-        hold_id = (await other.place_hold(meta(account.id, 1000, "theirs"), key_id=None))[0]
+        _, hold_id = await _held_by_another_host(store)
         # Judged silent a moment ago; it has beaten since: the release must not go through.
         assert await store.release(hold_id, reason="server_lost", silent_since=time.time() - 60) is False
         async with store.db.read() as conn:

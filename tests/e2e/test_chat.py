@@ -6,7 +6,6 @@ import base64
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
@@ -14,6 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests import openapi
+from tests.image_host import image_host
 from tests.imaging_helpers import decode, png_bytes
 from tests.servers import TEST_KEY, start_server
 
@@ -156,26 +156,10 @@ def test_a_follow_up_with_a_model_that_cannot_edit_draws_anew(client):
     assert second.choices[0].finish_reason == "stop" and LINK_RE.findall(second.choices[0].message.content)
 
 
-class _PngHandler(BaseHTTPRequestHandler):
-    body = png_bytes(300, 200, (0, 200, 0, 255))
-
-    def do_GET(self):  # noqa: N802
-        self.send_response(200)
-        self.send_header("content-type", "image/png")
-        self.send_header("content-length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_remote_image_urls_private_refused_unless_allowed(client, tmp_path):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _PngHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/ref.png"
-    messages = [{"role": "user", "content": [{"type": "text", "text": "restyle"}, {"type": "image_url", "image_url": {"url": url}}]}]
-    try:
+    with image_host() as host:
+        messages = [{"role": "user", "content": [{"type": "text", "text": "restyle"},
+                                                 {"type": "image_url", "image_url": {"url": host.url}}]}]
         with pytest.raises(openai.BadRequestError) as exc:
             client.chat.completions.create(model="gpt-image-1", messages=messages)
         assert "private or loopback" in exc.value.message
@@ -187,8 +171,6 @@ def test_remote_image_urls_private_refused_unless_allowed(client, tmp_path):
             assert decode(httpx.get(link).content).size == (1536, 1024)  # the 3:2 reference's shape
         finally:
             live.stop()
-    finally:
-        httpd.shutdown()
 
 
 def test_text_only_model_points_to_the_image_endpoints(client):
@@ -236,21 +218,11 @@ def test_client_disconnect_mid_stream_keeps_the_image(slow_server):
 
 
 def test_too_many_reference_urls_are_refused_before_any_fetch(client):
-    handler_hits = []
-
-    class Counting(_PngHandler):
-        def do_GET(self):  # noqa: N802
-            handler_hits.append(self.path)
-            super().do_GET()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/ref.png"
-        parts = [{"type": "text", "text": "combine"}] + [{"type": "image_url", "image_url": {"url": url}}] * 20
+    with image_host() as host:
+        parts = [{"type": "text", "text": "combine"}] + [{"type": "image_url", "image_url": {"url": host.url}}] * 20
         with pytest.raises(openai.BadRequestError) as exc:
             client.chat.completions.create(model="gpt-image-1", messages=[{"role": "user", "content": parts}])
         assert "at most 16" in exc.value.message
-        assert handler_hits == []
-    finally:
-        httpd.shutdown()
+        assert host.hits == []
+
+

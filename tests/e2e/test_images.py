@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from tests import openapi
+from tests.image_host import image_host
 from tests.imaging_helpers import decode, decode_b64, mask_bytes, png_bytes
 from tests.servers import TEST_KEY, start_server
 
@@ -364,36 +361,6 @@ def test_janitor_spares_images_still_being_written(tmp_path):
     assert storage.sweep(now=_time.time() + 7200) == 1  # abandoned for over an hour: gone
 
 
-class _Reference(BaseHTTPRequestHandler):
-    """A PNG on loopback, served after ``delay`` seconds."""
-
-    body = png_bytes(300, 200, (0, 200, 0, 255))
-    delay = 0.0
-
-    def do_GET(self):  # noqa: N802
-        time.sleep(self.delay)
-        self.send_response(200)
-        self.send_header("content-type", "image/png")
-        self.send_header("content-length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def _reference_host(delay: float = 0.0):
-    handler = type("Reference", (_Reference,), {"delay": delay})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/ref.png"
-    finally:
-        httpd.shutdown()
-
-
 def _json_edit(base_url: str, images: list[str]) -> httpx.Response:
     return httpx.post(f"{base_url}/images/edits", headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=60,
                       json={"model": "gpt-image-1", "prompt": "restyle", "quality": "low", "size": "1024x1024",
@@ -401,14 +368,15 @@ def _json_edit(base_url: str, images: list[str]) -> httpx.Response:
 
 
 def test_json_edits_take_image_urls_as_openai_does(server, tmp_path):
-    with _reference_host() as url:
-        refused = _json_edit(server.base_url, [url])  # loopback: not fetched unless the operator allows it
+    with image_host() as host:
+        refused = _json_edit(server.base_url, [host.url])  # loopback: not fetched unless the operator allows it
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "images[0].image_url"
         assert "private or loopback" in refused.json()["error"]["message"]
         live = start_server(tmp_path, allow_private_image_urls=True)
         try:
-            answer = _json_edit(live.base_url, [url, url])
+            answer = _json_edit(live.base_url, [host.url, host.url])
             assert answer.status_code == 200, answer.text
+            assert len(host.hits) == 2
             assert decode_b64(answer.json()["data"][0]["b64_json"]).size == (1024, 1024)
             assert answer.json()["usage"]["input_tokens_details"]["image_tokens"] > 0  # both references counted
         finally:
@@ -418,12 +386,12 @@ def test_json_edits_take_image_urls_as_openai_does(server, tmp_path):
 def test_referenced_images_share_one_deadline(tmp_path):
     live = start_server(tmp_path, allow_private_image_urls=True, image_fetch_timeout_seconds=1.2)
     try:
-        with _reference_host(delay=0.5) as url:
+        with image_host(delay=0.5) as host:
             # One after another they would need 1.5 s of the 1.2 s they have together: they are fetched at once.
-            answer = _json_edit(live.base_url, [url, url, url])
+            answer = _json_edit(live.base_url, [host.url] * 3)
             assert answer.status_code == 200, answer.text
-        with _reference_host(delay=3) as url:
-            answer = _json_edit(live.base_url, [url])
+        with image_host(delay=3) as host:
+            answer = _json_edit(live.base_url, [host.url])
             error = answer.json()["error"]
             assert answer.status_code == 400 and error["param"] == "images[0].image_url", error
     finally:
