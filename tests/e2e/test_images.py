@@ -396,3 +396,10 @@ def test_referenced_images_share_one_deadline(tmp_path):
             assert answer.status_code == 400 and error["param"] == "images[0].image_url", error
     finally:
         live.stop()
+
+
+def test_too_many_image_urls_are_refused_before_any_fetch(server):
+    with image_host() as host:
+        answer = _json_edit(server.base_url, [host.url] * 17)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "images"
+        assert host.hits == []

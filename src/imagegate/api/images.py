@@ -88,6 +88,11 @@ async def _json_edit(request: Request, body: dict[str, Any]) -> RawRequest:
     if not refs:
         raise InvalidRequest("Missing required parameter: 'images' holds no image; send 1 to 16 {image_url} objects.",
                              param="images", code="missing_required_parameter")
+    model = request.app.state.channels.catalog.get(fields.get("model"))
+    most = min(16, model.max_input_images) if model is not None else 16
+    if len(refs) > most:  # before anything is fetched: the count alone decides it
+        raise InvalidRequest(f"Too many images: at most {most} for this model, but 'images' holds {len(refs)}.",
+                             param="images")
     # As OpenAI's: each image_url a URL (fetched, public hosts only) or a data URL.
     urls = [(f"images[{i}].image_url", image_reference_url(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
     if mask_ref is not None:
