@@ -129,34 +129,50 @@ async def _respond(request: Request, raw: RawRequest) -> Any:
         )
     events = run.events()
     images: list[ImageDone] = []
-    watcher = asyncio.create_task(_keep_if_gone(request, run))
-    try:
+    async with _ClientWatch(request, run) as client:
         async for event in events:
             if isinstance(event, ImageDone):
                 images.append(event)
                 if event.arriving:
                     # Answer now and forward the image as it arrives; the cost is not known before the end, so
-                    # the headers carry the quote, as a stream's do.
+                    # the headers carry the quote, as a stream's do. Such an answer writes itself, and hears the
+                    # client go on its own.
                     return ArrivingResponse(_arriving_body(run, images, events), headers=stream_headers(run),
                                             on_abandon=run.abandon)
-    except BaseException:
-        run.abandon()
-        raise
-    finally:
-        watcher.cancel()  # an answer that arrives writes itself, and hears the client go on its own
-    if watcher.done() and not watcher.cancelled():
-        # The client left and its images are kept: no answer to build. 499 is nginx's code for it, for the log.
+    if client.left:
+        # Its images are kept: no answer to build. 499 is nginx's code for it, for the log.
         return Response(status_code=499)
     body = images_response(image_request, run.result, storage=state.storage, base_url=base_url(request))
     return FastJSONResponse(body, headers=cost_headers(run))
 
 
-async def _keep_if_gone(request: Request, run: Run) -> None:
-    """While the answer waits for its run: a client that leaves has its run keep the images it pays for (nothing
-    else tells a handler that is not sending yet; the server would drop the answer unsent)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    run.abandon()
+class _ClientWatch:
+    """While a handler waits for its run before sending anything: a client that leaves has the run keep the images
+    it pays for (nothing else tells such a handler; the server would drop the answer unsent). ``left`` says, after
+    the block, whether that happened. A block that fails abandons the run too."""
+
+    def __init__(self, request: Request, run: Run) -> None:
+        self._request = request
+        self._run = run
+        self._listener: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "_ClientWatch":
+        self._listener = asyncio.create_task(self._listen())
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self._listener.cancel()
+        if exc_type is not None:
+            self._run.abandon()
+
+    @property
+    def left(self) -> bool:
+        return self._listener.done() and not self._listener.cancelled()
+
+    async def _listen(self) -> None:
+        while (await self._request.receive())["type"] != "http.disconnect":
+            pass
+        self._run.abandon()
 
 
 async def _arriving_body(run: Run, images: list[ImageDone], events: AsyncIterator) -> AsyncIterator[Any]:
@@ -203,22 +219,14 @@ async def _stream_opening(run: Run, request: Request, events: AsyncIterator) -> 
     answers one before its stream. None: the client left meanwhile."""
     opening: list = []
     rest: AsyncIterator | None = None
-    watcher = asyncio.create_task(_keep_if_gone(request, run))
-    try:
+    async with _ClientWatch(request, run) as client:
         async for event in events:
             if isinstance(event, (PartialImage, ImageDone)):
                 opening.append(event)
             if isinstance(event, PartialImage):
                 rest = events
                 break
-    except BaseException:
-        run.abandon()
-        raise
-    finally:
-        watcher.cancel()
-    if watcher.done() and not watcher.cancelled():
-        return None
-    return opening, rest
+    return None if client.left else (opening, rest)
 
 
 async def _sse(run: Run, opening: list, rest: AsyncIterator | None) -> AsyncIterator[bytes]:
