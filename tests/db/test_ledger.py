@@ -263,6 +263,76 @@ def test_after_an_outage_silent_servers_get_a_whole_stale_after_to_speak(databas
     run(database_url, body, stale_after_seconds=60)
 
 
+def _slowed(store: BillingStore, seconds: float):
+    """The database stalls: every write waits ``seconds`` before it runs."""
+    real_write = store.db.run_write
+
+    async def slow(*args, **kw):
+        await asyncio.sleep(seconds)
+        return await real_write(*args, **kw)
+
+    store.db.run_write = slow
+    return lambda: setattr(store.db, "run_write", real_write)
+
+
+def test_a_heartbeat_is_stamped_when_it_runs_not_before_its_wait(database_url):
+    """A stamp taken before a stall would land already old: the live server would look silent to others."""
+    async def body(store: BillingStore):
+        restore = _slowed(store, 0.3)
+        asked = time.time()
+        await store.heartbeat()
+        restore()
+        async with store.db.read() as conn:
+            stamped = (await conn.execute(sa.select(instances.c.heartbeat_at)
+                                          .where(instances.c.id == store.instance_id))).scalar_one()
+        assert stamped >= asked + 0.3
+
+    run(database_url, body)
+
+
+def test_after_a_database_stall_silent_servers_get_a_whole_stale_after_to_speak(database_url):
+    """A stall (slow writes, not failing ones) held every server's heartbeats up: a judge whose own beat was
+    slow does not take the others for gone until it has beaten well for stale_after again."""
+    async def body(store: BillingStore):
+        other, hold_id = await _held_by_another_host(store)
+        async with store.db.write() as conn:
+            await conn.execute(sa.update(instances).where(instances.c.id == other.instance_id)
+                               .values(heartbeat_at=time.time() - 3600))
+        store._beating_since = time.time() - 3600  # beating well for long before the stall
+        restore = _slowed(store, 0.5)  # a third of stale_after and more
+        await store.heartbeat()
+        restore()
+        assert await store.reconcile() == 0
+        async with store.db.read() as conn:
+            assert (await conn.execute(sa.select(holds.c.status).where(holds.c.id == hold_id))).scalar_one() \
+                == "open"
+
+    run(database_url, body, stale_after_seconds=1.2)
+
+
+def test_a_hold_whose_servers_row_is_gone_is_judged_by_silence_too(database_url):
+    """A server dropped as silent that lives on places holds before its next beat writes its row again: such a
+    hold goes only after a whole stale_after, and not once its server has spoken."""
+    async def body(store: BillingStore):
+        other, hold_id = await _held_by_another_host(store)
+        async with store.db.write() as conn:
+            await conn.execute(sa.delete(instances).where(instances.c.id == other.instance_id))
+        store._beating_since = time.time() - 3600
+        assert await store.reconcile() == 0  # placed just now
+        async with store.db.write() as conn:
+            await conn.execute(sa.update(holds).where(holds.c.id == hold_id).values(created_at=time.time() - 3600))
+        await other.heartbeat()  # it speaks: its row is back, fresh
+        assert await store.reconcile() == 0
+        async with store.db.write() as conn:
+            await conn.execute(sa.delete(instances).where(instances.c.id == other.instance_id))
+        assert await store.reconcile() == 1  # silent, and for longer than stale_after: gone
+        async with store.db.read() as conn:
+            assert (await conn.execute(sa.select(holds.c.status).where(holds.c.id == hold_id))).scalar_one() \
+                == "released"
+
+    run(database_url, body, stale_after_seconds=60)
+
+
 def test_a_server_that_speaks_before_its_hold_is_released_keeps_it(database_url):
     async def body(store: BillingStore):
         _, hold_id = await _held_by_another_host(store)

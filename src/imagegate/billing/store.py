@@ -164,7 +164,7 @@ _KEY_COLUMNS = [*api_keys.c, accounts.c.name.label("account_name")]
 # Written out, not bound: the open holds' index is partial (status = 'open'), and a planner may only use it when the
 # query says so in the SQL itself (PostgreSQL's generic plans do not look at parameter values).
 _OPEN = holds.c.status == sa.literal_column("'open'")
-_OPEN_HOLDS = sa.select(holds.c.id, holds.c.instance_id, holds.c.expires_at).where(_OPEN)  # for reconciliation
+_OPEN_HOLDS = sa.select(holds.c.id, holds.c.instance_id, holds.c.created_at, holds.c.expires_at).where(_OPEN)  # for reconciliation
 _ACCOUNT_OPEN_HOLDS = (
     sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(holds.c.amount_micro), 0))
     .where(holds.c.account_id == sa.bindparam("account_id"), _OPEN)
@@ -720,19 +720,25 @@ class BillingStore:
                     boot_id=self.boot_id, started_at=now, heartbeat_at=now)
 
     async def register(self) -> None:
-        await self._beat(self._register, time.time())
+        await self._beat(self._register)
 
     async def _beat(self, fn, *args) -> None:
+        """A heartbeat's write, and what it says of the database: a beat that failed, or that took a good part of
+        ``stale_after`` (the database stalled: others' beats were held up as long), starts this server's count
+        towards judging others' silence again."""
+        started = time.monotonic()
         try:
             await self.db.run_write(fn, *args)
         except BaseException:
             self._beating_since = None
             raise
-        if self._beating_since is None:
+        if self._beating_since is None or time.monotonic() - started > self.stale_after / 3:
             self._beating_since = time.time()
 
-    def _register(self, conn: Connection, now: float) -> None:
-        conn.execute(sa.insert(instances).values(self._instance_row(now)))
+    def _register(self, conn: Connection) -> None:
+        # Stamped inside the transaction, not before its wait for the database: a stamp taken before a stall
+        # would land already old, and this live server would look silent.
+        conn.execute(sa.insert(instances).values(self._instance_row(time.time())))
 
     async def unregister(self) -> None:
         await self.db.run_write(self._unregister)
@@ -743,9 +749,10 @@ class BillingStore:
     async def heartbeat(self) -> None:
         """This server is alive: so are the holds it still means to settle (a long generation must not lose its
         hold to the expiry). Its other open holds - a settlement given up on - are left to expire."""
-        await self._beat(self._heartbeat, list(self._live_holds), time.time())
+        await self._beat(self._heartbeat, list(self._live_holds))
 
-    def _heartbeat(self, conn: Connection, live: list[str], now: float) -> None:
+    def _heartbeat(self, conn: Connection, live: list[str]) -> None:
+        now = time.time()  # inside the transaction, as _register's
         done = conn.execute(sa.update(instances).where(instances.c.id == self.instance_id).values(heartbeat_at=now))
         if done.rowcount == 0:
             conn.execute(sa.insert(instances).values(self._instance_row(now)))
@@ -778,6 +785,7 @@ class BillingStore:
             )
         }
         alive = {row.id for row in known} - dead
+        unknown_since = now - self.stale_after if judge_silence else None
         released = 0
         # One transaction a hold, as a settlement is: released together, one transaction would lock several
         # accounts' rows and could deadlock (PostgreSQL) with a settlement locking its hold, then its account.
@@ -786,10 +794,16 @@ class BillingStore:
                 continue
             if hold.instance_id in alive and hold.expires_at >= now:
                 continue
+            unknown = hold.instance_id not in alive and hold.instance_id not in dead
+            if unknown and hold.expires_at >= now and (unknown_since is None or hold.created_at >= unknown_since):
+                # Its server's row is gone (dropped as silent while it lived on: its next beat writes it again):
+                # judged, as silence is, only after a whole stale_after, and only if still silent as it commits.
+                continue
             reason = "hold_expired" if hold.instance_id in alive or hold.instance_id == self.instance_id \
                 else "server_lost"
             # Judged by its silence alone: released only if it is still silent as the release commits.
-            silent_since = now - self.stale_after if hold.instance_id in silent and hold.expires_at >= now else None
+            judged_by_silence = (hold.instance_id in silent or unknown) and hold.expires_at >= now
+            silent_since = now - self.stale_after if judged_by_silence else None
             released += await self.release(hold.id, reason=reason, silent_since=silent_since)
         await self.db.run_write(self._forget, dead - silent, silent, now - self.stale_after, now)
         return released
