@@ -14,21 +14,35 @@ IMAGE = png_bytes(300, 200, (0, 200, 0, 255))  # 3:2
 
 
 class ImageHost:
-    """Where the image is (``url``) and the paths asked for so far (``hits``)."""
+    """Where the image is (``url``), a body that never ends (``endless_url``: a PNG's start, then 64 KB every 10
+    ms for as long as the reader reads), and the paths asked for so far (``hits``)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.endless_url = url.rsplit("/", 1)[0] + "/endless.png"
         self.hits: list[str] = []
 
 
 @contextlib.contextmanager
 def image_host(delay: float = 0.0) -> Iterator[ImageHost]:
-    """Serves ``IMAGE`` at any path, each answer ``delay`` seconds late."""
+    """Serves ``IMAGE`` at any path but the endless one, each answer ``delay`` seconds late."""
     host: ImageHost
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             host.hits.append(self.path)
+            if self.path == "/endless.png":
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.end_headers()
+                try:
+                    self.wfile.write(IMAGE[:64])
+                    for _ in range(6000):  # a minute at most
+                        self.wfile.write(b"\0" * 65536)
+                        time.sleep(0.01)
+                except OSError:  # the reader gave up
+                    pass
+                return
             time.sleep(delay)
             self.send_response(200)
             self.send_header("content-type", "image/png")

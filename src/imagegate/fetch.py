@@ -102,10 +102,33 @@ class TooLarge(ValueError):
     """A body past its limit (a ValueError, as any unreadable answer is to read_body's callers)."""
 
 
-async def read_body(response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False) -> bytes:
-    """The body, up to a limit (past it: TooLarge, or with ``truncate`` the first ``max_bytes``)."""
+class OverBudget(TooLarge):
+    """Bodies read together past the limit of their sum."""
+
+
+class ByteBudget:
+    """What several reads may take between them (a request's referenced images), counted as the bytes arrive: the
+    sum is refused as soon as it is over, not once every body is in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise OverBudget(f"together larger than {self.limit:,} bytes")
+
+
+async def read_body(
+    response: aiohttp.ClientResponse, max_bytes: int, *, truncate: bool = False, budget: ByteBudget | None = None
+) -> bytes:
+    """The body, up to a limit (past it: TooLarge, or with ``truncate`` the first ``max_bytes``), and within
+    ``budget`` (past it: OverBudget)."""
     chunks, total = [], 0
     async for chunk in response.content.iter_any():
+        if budget is not None:
+            budget.take(len(chunk))
         total += len(chunk)
         if total > max_bytes:
             if truncate:
@@ -123,7 +146,11 @@ def _private(param: str) -> InvalidRequest:
     )
 
 
-async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool) -> bytes:
+async def fetch_image(
+    url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget | None = None
+) -> bytes:
+    """The image at ``url``, or an InvalidRequest naming ``param`` that says why not (OverBudget passes through: the
+    caller knows what the budget was for)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"Invalid image URL in '{param}': only http(s) URLs and data URLs are accepted.", param=param)
@@ -143,7 +170,9 @@ async def fetch_image(url: str, *, param: str, max_bytes: int, timeout_s: float,
                     raise InvalidRequest(
                         f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
                     )
-                return await read_body(response, max_bytes)
+                return await read_body(response, max_bytes, budget=budget)
+    except OverBudget:
+        raise
     except TooLarge:  # not any ValueError: aiohttp's InvalidURL (a bad proxy setting, say) is one too
         raise InvalidRequest(f"The image at the URL in '{param}' is larger than {max_bytes:,} bytes.",
                              param=param) from None

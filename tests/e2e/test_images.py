@@ -398,6 +398,21 @@ def test_referenced_images_share_one_deadline(tmp_path):
         live.stop()
 
 
+def test_referenced_images_are_refused_as_soon_as_their_sum_is_over_the_limit(tmp_path):
+    """Counted as the bytes arrive, not once every body is in memory: a body that never ends is cut off at the
+    limit of the sum (without it, it would be read to max_image_bytes or until the deadline)."""
+    live = start_server(tmp_path, allow_private_image_urls=True, max_request_bytes=1024 * 1024)
+    try:
+        with image_host() as host:
+            answer = _json_edit(live.base_url, [host.url, host.endless_url])
+        error = answer.json()["error"]
+        assert answer.status_code == 400, error
+        assert (error["code"], error["param"]) == ("image_too_large", "images[1].image_url")
+        assert "add up to more than 1,048,576 bytes" in error["message"]
+    finally:
+        live.stop()
+
+
 def test_too_many_image_urls_are_refused_before_any_fetch(server):
     with image_host() as host:
         answer = _json_edit(server.base_url, [host.url] * 17)
