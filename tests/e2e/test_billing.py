@@ -114,6 +114,15 @@ def test_allowed_models_and_the_keys_own_limit(metered):
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client(metered, key).images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
     assert exc.value.code == "model_not_allowed"
+    # Told before anything is fetched for it (the link is loopback: a fetch would be refused as private first).
+    link = [{"image_url": "http://127.0.0.1:9/ref.png"}]
+    edit = httpx.post(f"{metered.base_url}/images/edits", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "gpt-image-2", "prompt": "x", "images": link})
+    assert (edit.status_code, edit.json()["error"]["code"]) == (403, "model_not_allowed")
+    chat = httpx.post(f"{metered.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "gpt-image-2", "messages": [{"role": "user", "content": [
+                          {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": link[0]["image_url"]}}]}]})
+    assert (chat.status_code, chat.json()["error"]["code"]) == (403, "model_not_allowed"), chat.text
     client(metered, key).images.generate(**LOW)
     with pytest.raises(openai.RateLimitError) as exc:
         client(metered, key).images.generate(**LOW)  # 0.011025 spent; another does not fit in 0.02

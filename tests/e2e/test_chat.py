@@ -131,14 +131,17 @@ def test_follow_up_edits_the_previous_image(client):
     assert '"prompt": "make it bluer"' in second.choices[0].message.content
 
 
-def test_follow_up_edits_our_image_not_a_link_the_user_typed(client):
-    typed = "https://elsewhere.example/files/" + "0" * 32 + ".png?expires=1&signature=00"  # looks like ours
-    first = client.chat.completions.create(model="gpt-4o-image", messages=[
-        {"role": "user", "content": f"like this one: {typed}, 2:3"}])
+TYPED = "https://elsewhere.example/files/" + "0" * 32 + ".png?expires=1&signature=00"  # looks like ours
+
+
+@pytest.mark.parametrize("prompt", [f"like this one: {TYPED}, 2:3", f"```\nlike this one: {TYPED}, 2:3"],
+                         ids=["plain", "with a code fence"])
+def test_follow_up_edits_our_image_not_a_link_the_user_typed(client, prompt):
+    first = client.chat.completions.create(model="gpt-4o-image", messages=[{"role": "user", "content": prompt}])
     answer = first.choices[0].message.content
-    assert typed in answer  # quoted back in the prompt block, before the image we made
+    assert TYPED in answer  # quoted back in the prompt block, before the image we made
     second = client.chat.completions.create(model="gpt-4o-image", messages=[
-        {"role": "user", "content": f"like this one: {typed}, 2:3"},
+        {"role": "user", "content": prompt},
         {"role": "assistant", "content": answer},
         {"role": "user", "content": "make it bluer"},
     ])

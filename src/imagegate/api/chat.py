@@ -10,7 +10,6 @@ from __future__ import annotations
 
 
 import json
-import re
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -30,7 +29,7 @@ from imagegate.validate import RawRequest, validate_request
 
 router = APIRouter()
 
-_FENCED_RE = re.compile(r"```.*?```", re.DOTALL)
+_PROMPT_BLOCK_OPEN = "```json\n"
 # Chat fields that shape the image; everything else in a chat body (temperature, tools…) means nothing here.
 _IMAGE_FIELDS = ("size", "quality", "background", "output_format", "output_compression", "moderation", "n")
 
@@ -62,6 +61,16 @@ def _text_of(content: Any, where: str) -> tuple[str, list[Any]]:
     return "\n".join(t for t in texts if t), images
 
 
+def _after_prompt_block(answer: str) -> str:
+    """An answer of ours past the prompt block it opens with, where a link the user typed is quoted back. The
+    block is JSON: its strings hold no line break, so the first one followed by a fence closes it, whatever
+    fences the prompt itself held."""
+    if not answer.startswith(_PROMPT_BLOCK_OPEN):
+        return answer
+    end = answer.find("\n```", len(_PROMPT_BLOCK_OPEN))
+    return answer[end + 4:] if end >= 0 else ""
+
+
 async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -86,8 +95,7 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             message = messages[index]
             if isinstance(message, dict) and message.get("role") == "assistant":
                 text = message.get("content") if isinstance(message.get("content"), str) else ""
-                # Not in the fenced prompt block our answers open with: a link the user typed is quoted there.
-                found = OUR_LINK_RE.search(_FENCED_RE.sub("", text or ""))
+                found = OUR_LINK_RE.search(_after_prompt_block(text))
                 if found:
                     refs = [(f"messages[{index}].content", found.group(0))]
                     break
@@ -104,7 +112,7 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             f"but the message has {len(refs)}.",
             param=refs[0][0],
         )
-    images = await load_images(request, refs)
+    images = await load_images(request, refs, body.get("model"))
     return RawRequest("edit", fields, images=[("image", data) for data in images])
 
 
@@ -148,7 +156,7 @@ def _chat_usage(run: Run | None) -> dict[str, int]:
 def _prompt_block(run: Run) -> str:
     job = run.request.job
     block = json.dumps({"prompt": job.prompt, "ratio": ratio_label(job.size)}, ensure_ascii=False, indent=2)
-    return f"```json\n{block}\n```\n\n"
+    return f"{_PROMPT_BLOCK_OPEN}{block}\n```\n\n"
 
 
 def _image_markdown(request: Request, stored_images: list) -> str:

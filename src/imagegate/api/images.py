@@ -97,7 +97,7 @@ async def _json_edit(request: Request, body: dict[str, Any]) -> RawRequest:
     urls = [(f"images[{i}].image_url", image_reference_url(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
     if mask_ref is not None:
         urls.append(("mask.image_url", image_reference_url(mask_ref, "mask")))
-    loaded = await load_images(request, urls)
+    loaded = await load_images(request, urls, fields.get("model"))
     mask = loaded.pop() if mask_ref is not None else None
     return RawRequest("edit", fields, multipart=False, images=[("images", data) for data in loaded], mask=mask)
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from fastapi import Request
 
+from imagegate.billing.service import check_model_allowed
 from imagegate.errors import InvalidRequest
 from imagegate.fetch import ByteBudget, OverBudget, fetch_image
 from imagegate.validate import decode_data_url
@@ -40,10 +42,13 @@ async def load_image(request: Request, url: str, param: str, budget: ByteBudget)
         ) from None
 
 
-async def load_images(request: Request, refs: list[tuple[str, str]]) -> list[bytes]:
+async def load_images(request: Request, refs: list[tuple[str, str]], model: Any) -> list[bytes]:
     """Every ``(param, url)`` at once: one ``image_fetch_timeout_seconds`` for them all (one after another, 16
     slow hosts took 16 times that before the answer began), and ``max_request_bytes`` for their sum, as for an
-    upload (counted as they arrive)."""
+    upload (counted as they arrive). Not for a key that may not use ``model``: it learns that before anything is
+    fetched on its behalf."""
+    if isinstance(model, str):
+        check_model_allowed(model, getattr(request.state, "principal", None))
     settings = request.app.state.settings
     budget = ByteBudget(settings.max_request_bytes)
     loads = [asyncio.ensure_future(load_image(request, url, param, budget)) for param, url in refs]

@@ -134,13 +134,7 @@ class Billing:
 
     @staticmethod
     def check_model(request: "ImageRequest", payer: Payer | None) -> None:
-        if payer is not None and payer.allowed_models is not None and request.job.model.id not in payer.allowed_models:
-            raise PermissionDenied(
-                f"This API key may not use model '{request.job.model.id}'. It may use: "
-                f"{', '.join(payer.allowed_models) or 'no models'}.",
-                param="model",
-                code="model_not_allowed",
-            )
+        check_model_allowed(request.job.model.id, payer)
 
     # --- reserve / settle -----------------------------------------------------------------------------------
 
@@ -387,6 +381,16 @@ def _idempotent_result(result: "RunResult", error: ImagegateError | None, charge
             for img in sorted(result.images, key=lambda i: i.index) if img.stored is not None
         ],
     }
+
+
+def check_model_allowed(model_id: str, payer: Payer | None) -> None:
+    """A key limited to some models may use only those (asked early too: before a request's images are fetched)."""
+    if payer is not None and payer.allowed_models is not None and model_id not in payer.allowed_models:
+        raise PermissionDenied(
+            f"This API key may not use model '{model_id}'. It may use: {', '.join(payer.allowed_models) or 'no models'}.",
+            param="model",
+            code="model_not_allowed",
+        )
 
 
 class BillingRuntime:
