@@ -295,6 +295,25 @@ def test_every_server_process_follows_the_price_file(backend, tmp_path):  # noqa
         assert quote(live, key, LOW) == 2 * before
 
 
+def test_an_unmetered_server_follows_the_price_file_too(tmp_path):
+    """Quotes and cost headers price by the book with or without a database: every process follows the file."""
+    from tests.servers import start_server
+
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."gpt-4o-image"]\nmethod = "per_call"\nper_call = 0.02\n')
+    live = start_server(tmp_path / "data", price_file=prices, heartbeat_interval_seconds=0.2)
+    try:
+        body = {"model": "gpt-4o-image", "prompt": "a red car"}
+        assert quote(live, TEST_KEY, body) == 20_000
+        prices.write_text('[models."gpt-4o-image"]\nmethod = "per_call"\nper_call = 0.04\n')
+        deadline = time.monotonic() + 10
+        while quote(live, TEST_KEY, body) != 40_000:
+            assert time.monotonic() < deadline, "the new price never arrived"
+            time.sleep(0.1)
+    finally:
+        live.stop()
+
+
 def test_admin_api_guards_and_validates(metered):
     no_token = httpx.get(f"{metered.root}/admin/accounts")
     assert no_token.status_code == 401 and no_token.json()["error"]["code"] == "missing_api_key"
