@@ -145,7 +145,7 @@ async def _account_create(store, args, out, prices) -> int:
 async def _account_topup(store, args, out, prices) -> int:
     from imagegate.billing.inputs import money
 
-    account = await store.topup(args.name, money(args.amount, "amount"), args.note)
+    account, _ = await store.topup(args.name, money(args.amount, "amount"), args.note)
     print(f"{account.name}: balance {out.money(account.balance_micro)}")
     return 0
 

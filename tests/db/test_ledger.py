@@ -432,6 +432,25 @@ def test_same_host_replicas_in_other_pid_namespaces_keep_each_others_holds(datab
     assert status == {"a": "settled", "b": "released", "before_reboot": "open", "unknown": "open"}
 
 
+def test_twin_top_ups_under_one_idempotency_key_credit_once(database_url):
+    async def body(store: BillingStore):
+        await store.create_account("acme", balance_micro=0)
+        results = await asyncio.gather(*(store.topup("acme", 1000, "inv", idempotency_key="k") for _ in range(4)))
+        assert sorted(replayed for _, replayed in results) == [False, True, True, True]
+        assert all(account.balance_micro == 1000 for account, _ in results)
+        with pytest.raises(Conflict):
+            await store.topup("acme", 2000, "inv", idempotency_key="k")
+        await store.topup("acme", 1000, "inv")  # no key: every call credits
+        other = await store.create_account("other", balance_micro=0)
+        account, replayed = await store.topup("other", 1000, "inv", idempotency_key="k")  # keys are per account
+        assert (account.id, account.balance_micro, replayed) == (other.id, 1000, False)
+        return await store.totals("acme")
+
+    totals = run(database_url, body)
+    assert totals["balance"] == totals["topup"] == 2000
+    check_invariants(totals)
+
+
 def test_an_expired_idempotency_record_can_be_claimed_again(database_url):
     async def body(store: BillingStore):
         account = await store.create_account("acme", balance_micro=1_000_000)

@@ -353,6 +353,28 @@ def test_admin_api_guards_and_validates(metered):
     assert admin(metered, "POST", "/prices/reload").status_code == 200
 
 
+def test_a_top_up_retried_with_its_idempotency_key_is_credited_once(metered):
+    new_account(metered, "acme", "1")
+
+    def top_up(amount: str, key: str, note: str = "invoice 8") -> httpx.Response:
+        return httpx.post(f"{metered.root}/admin/accounts/acme/topups", json={"amount": amount, "note": note},
+                          headers={"Authorization": f"Bearer {ADMIN}", "Idempotency-Key": key}, timeout=30)
+
+    first = top_up("2.5", "inv-8")
+    assert first.status_code == 200 and first.json()["balance"]["usd"] == "3.500000"
+    again = top_up("2.5", "inv-8")  # the answer was lost: the operator's script retries
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["balance"]["usd"] == "3.500000"
+    other = top_up("25", "inv-8")
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert top_up("2.5", "inv-8", note="invoice 9").status_code == 409
+    assert top_up("2.5", "inv-9", note="invoice 9").json()["balance"]["usd"] == "6.000000"
+    ledger = admin(metered, "GET", "/accounts/acme/ledger").json()["data"]
+    assert [(e["kind"], e["amount_micro"]) for e in ledger] == [
+        ("topup", 2_500_000), ("topup", 2_500_000), ("topup", 1_000_000)]
+    assert_books_balance(totals(metered, "acme"))
+
+
 def test_admin_api_is_off_without_a_token(backend, tmp_path):  # noqa: F811
     with metered_server(backend, tmp_path, admin_token="") as live:
         answer = httpx.get(f"{live.root}/admin/accounts", headers={"Authorization": "Bearer x"})

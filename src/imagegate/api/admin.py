@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from imagegate.api.auth import bearer_token
+from imagegate.api.billing import idempotency_key
 from imagegate.api.wire import json_body
 from imagegate.billing import Billing, load_price_book
 from imagegate.billing.prices import PriceBook, PriceBookError, price_file_stamp
@@ -138,8 +140,10 @@ async def topup(name: str, request: Request) -> Any:
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > 200:
         raise InvalidRequest("Invalid 'note': a string of at most 200 characters.", param="note")
-    account = await _store(request).topup(name, amount, note)
-    return account_dict(account, request.app.state.billing)
+    account, replayed = await _store(request).topup(name, amount, note,
+                                                    idempotency_key=idempotency_key(request))
+    body = account_dict(account, request.app.state.billing)
+    return JSONResponse(body, headers={"idempotent-replayed": "true"}) if replayed else body
 
 
 @router.get("/accounts/{name}/ledger", dependencies=guard)

@@ -127,7 +127,7 @@ def stream_headers(run: Run) -> dict[str, str]:
 # --- idempotency ------------------------------------------------------------------------------------------------
 
 
-def _idempotency_key(request: Request) -> str | None:
+def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
@@ -160,7 +160,7 @@ async def start_run(request: Request, image_request: ImageRequest, raw: RawReque
     state = request.app.state
     principal: Principal = request.state.principal
     billing: Billing = state.billing
-    key = _idempotency_key(request)
+    key = idempotency_key(request)
     if key is None or billing.store is None:
         return await state.gateway.begin(image_request, principal)
     from imagegate.billing.store import IdempotencyTaken

@@ -299,13 +299,46 @@ class BillingStore:
         ))
         return row
 
-    async def topup(self, name: str, micro: int, note: str = "") -> Account:
+    async def topup(
+        self, name: str, micro: int, note: str = "", *, idempotency_key: str | None = None
+    ) -> tuple[Account, bool]:
+        """Credit the account; returns it and whether this was a retry of a top-up already made under
+        ``idempotency_key`` (then nothing is credited again: an operator's retry after a lost answer must not pay
+        twice). The key is remembered for ``idempotency_ttl``, per account."""
         if micro <= 0:
             raise InvalidRequest("A top-up must be more than 0.", param="amount")
-        return _account(await self.db.run_write(self._topup_named, name, micro, note or "top-up", time.time()))
+        args = (name, micro, note or "top-up", idempotency_key)
+        try:
+            row, replayed = await self.db.run_write(self._topup_named, *args, time.time())
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            # A concurrent twin claimed the key first (PostgreSQL) and this one rolled back whole: answer as a retry.
+            row, replayed = await self.db.run_write(self._topup_named, *args, time.time())
+        return _account(row), replayed
 
-    def _topup_named(self, conn: Connection, name: str, micro: int, note: str, now: float) -> Any:
-        return self._topup(conn, self._account_named(conn, name).id, micro, note, now)
+    def _topup_named(
+        self, conn: Connection, name: str, micro: int, note: str, key: str | None, now: float
+    ) -> tuple[Any, bool]:
+        account = self._account_named(conn, name)
+        if key is not None:
+            claim = {"idem_scope": f"topup:{account.id}", "idem_key": key, "now": now}
+            body_hash = hashlib.sha256(f"{micro}\x00{note}".encode()).hexdigest()
+            _DROP_EXPIRED_CLAIM(conn, claim)
+            earlier = conn.execute(_CLAIM_RECORD, claim).first()
+            if earlier is not None:
+                if earlier.body_hash != body_hash:
+                    raise Conflict(
+                        "This Idempotency-Key was already used for another top-up of this account (a different "
+                        "amount or note). Use a new key for a new top-up.",
+                        code="idempotency_key_reused", headers={"x-should-retry": "false"},
+                    )
+                return conn.execute(sa.select(accounts).where(accounts.c.id == account.id)).one(), True
+            _INSERT_CLAIM(conn, dict(
+                scope=claim["idem_scope"], key=key, body_hash=body_hash, state="done", request_id=key[:64],
+                hold_id=None, created_at=now, expires_at=now + self.idempotency_ttl,
+            ))
+        return self._topup(conn, account.id, micro, note, now), False
 
     async def set_group(self, name: str, group: str) -> Account:
         return await self.db.run_write(self._set_group, name, group)
