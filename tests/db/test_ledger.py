@@ -451,6 +451,37 @@ def test_twin_top_ups_under_one_idempotency_key_credit_once(database_url):
     check_invariants(totals)
 
 
+def test_a_hold_whose_commit_was_never_heard_of_is_given_back_and_frees_its_key(database_url):
+    """The hold committed but its reply was lost (a dropped connection): the client's retry with the same
+    Idempotency-Key must not be turned away until the hold expires an hour later."""
+    async def body(store: BillingStore):
+        account = await store.create_account("acme", balance_micro=1_000_000)
+        claim = ("acct:1", "k", "hash")
+        real_write = store.db.run_write
+
+        async def reply_lost(*args, **kw):
+            await real_write(*args, **kw)
+            raise OSError("connection reset")
+
+        store.db.run_write = reply_lost
+        with pytest.raises(OSError):
+            await store.place_hold(meta(account.id, 100, "first"), key_id=None, idem=claim)
+        store.db.run_write = real_write
+        deadline = time.monotonic() + 5
+        while True:  # the hold is given back in the background, a moment later
+            try:
+                _, _, available = await store.place_hold(meta(account.id, 100, "retry"), key_id=None, idem=claim)
+                break
+            except IdempotencyTaken:
+                assert time.monotonic() < deadline, "the key stays taken"
+                await asyncio.sleep(0.05)
+        assert available == 1_000_000 - 100  # the first hold is given back, not counted twice
+        rows = {r["request_id"]: (r["status"], r["error_code"]) for r in await store.usage("acme")}
+        assert rows == {"first": ("error", "not_started"), "retry": ("running", None)}
+
+    run(database_url, body)
+
+
 def test_an_expired_idempotency_record_can_be_claimed_again(database_url):
     async def body(store: BillingStore):
         account = await store.create_account("acme", balance_micro=1_000_000)

@@ -12,7 +12,9 @@ by the statements and by CHECK constraints:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import json
 import os
 import secrets
@@ -29,7 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from imagegate.catalog.tokens import Usage
 from imagegate.db import Database, Prebuilt
 from imagegate.db.schema import Money, accounts, api_keys, holds, idempotency, instances, ledger, usage_log
-from imagegate.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
+from imagegate.errors import Conflict, ImagegateError, InsufficientQuota, InvalidRequest, NotFound
+
+log = logging.getLogger("imagegate.billing")
 
 KEY_PREFIX = "sk-ig-"
 PREFIX_CHARS = 12  # "sk-ig-" and 6 random characters: shown in lists, enough to revoke by
@@ -269,6 +273,7 @@ class BillingStore:
         # is judged only after a whole stale_after of it: after a database outage every server looks silent, and
         # their holds are still to be settled.
         self._beating_since: float | None = None
+        self._unheard: set[asyncio.Task] = set()  # holds of unknown fate being given back
 
     # --- accounts -------------------------------------------------------------------------------------------
 
@@ -468,6 +473,14 @@ class BillingStore:
             if idem is not None:
                 raise IdempotencyTaken() from None
             raise
+        except ImagegateError:
+            raise  # refused inside the transaction (no balance, say): nothing committed
+        except BaseException:
+            # Whether it committed is unknown (its reply was lost, or the wait was cancelled while the write went
+            # on): give the hold back if it did, so that its idempotency claim does not turn every retry away
+            # until the hold expires.
+            self._give_back_unheard(hold_id)
+            raise
         # Only once committed: a hold whose commit we never heard back about is nobody's, and expires.
         self._live_holds.add(hold_id)
         return hold_id, usage_id, available
@@ -618,6 +631,18 @@ class BillingStore:
             entries.append(dict(kind="release", amount_micro=amount - charged, **common))
         _INSERT_LEDGER(conn, entries)  # both in one round trip (PostgreSQL: one executemany)
         return account.balance_micro - account.held_micro
+
+    def _give_back_unheard(self, hold_id: str) -> None:
+        async def give_back() -> None:
+            try:
+                if await self.release(hold_id, reason="not_started", status="error"):
+                    log.warning("hold %s: its commit was never confirmed; given back", hold_id)
+            except Exception:  # the database is away: the hold expires and reconciliation releases it
+                log.warning("hold %s: its commit was never confirmed, and giving it back failed", hold_id)
+
+        task = asyncio.get_running_loop().create_task(give_back())
+        self._unheard.add(task)
+        task.add_done_callback(self._unheard.discard)
 
     async def release(
         self, hold_id: str, *, reason: str, status: str = "crashed", silent_since: float | None = None
