@@ -482,6 +482,25 @@ def test_a_hold_whose_commit_was_never_heard_of_is_given_back_and_frees_its_key(
     run(database_url, body)
 
 
+def test_a_settlements_retry_leaves_a_newer_twins_claim_alone(database_url):
+    """Unmetered: the first settlement dropped its failed request's claim, but its answer was lost; a twin took
+    the key meanwhile. The settlement's retry must not drop the twin's claim (a third request would run too)."""
+    async def body(store: BillingStore):
+        claim = ("static:x", "k", "hash")
+        first = await store.open_usage(meta(None, 0, "first"), idem=claim)
+        failed = dict(hold_id=None, usage_id=first, cost_micro=0, delivered=0, usage=Usage(), latency_ms=5,
+                      status="error", error_code="engine_error", idem=claim[:2], idem_result=None)
+        await store.settle(**failed)
+        await store.open_usage(meta(None, 0, "twin"), idem=claim)  # the key is free: the twin claims it
+        await store.settle(**failed)  # the retry
+        record = await store.idempotency_record(*claim[:2])
+        assert record is not None and (record.state, record.request_id) == ("running", "twin")
+        with pytest.raises(IdempotencyTaken):
+            await store.open_usage(meta(None, 0, "third"), idem=claim)
+
+    run(database_url, body)
+
+
 def test_an_expired_idempotency_record_can_be_claimed_again(database_url):
     async def body(store: BillingStore):
         account = await store.create_account("acme", balance_micro=1_000_000)

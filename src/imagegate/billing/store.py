@@ -197,8 +197,12 @@ _CLAIM_RECORD = sa.select(idempotency).where(_THE_CLAIM, idempotency.c.expires_a
 _DROP_EXPIRED_CLAIM = Prebuilt(sa.delete(idempotency).where(
     _THE_CLAIM, idempotency.c.state == "done", idempotency.c.expires_at < sa.bindparam("now")
 ))
-_DROP_CLAIM = Prebuilt(sa.delete(idempotency).where(_THE_CLAIM))
-_STORE_RESULT = Prebuilt(sa.update(idempotency).where(_THE_CLAIM).values(
+# The claim a request made, not a twin's that took the key after it was let go: a settlement's retry (after a
+# COMMIT whose answer was lost) must not drop or overwrite the claim of a newer request under the same key.
+_OWN_CLAIM = _THE_CLAIM & (idempotency.c.request_id == sa.select(usage_log.c.request_id).where(
+    usage_log.c.id == sa.bindparam("usage_id")).scalar_subquery())
+_DROP_CLAIM = Prebuilt(sa.delete(idempotency).where(_OWN_CLAIM))
+_STORE_RESULT = Prebuilt(sa.update(idempotency).where(_OWN_CLAIM).values(
     state="done", result=sa.bindparam("result_json"), hold_id=None
 ))
 # The hold is placed only if the account's available balance covers it, and the key's own limit (if it has one).
@@ -608,7 +612,7 @@ class BillingStore:
         ))
         # A released hold's claim was dropped with it, and the key may be someone else's claim by now.
         if idem is not None and not lost:
-            claim = {"idem_scope": idem[0], "idem_key": idem[1]}
+            claim = {"idem_scope": idem[0], "idem_key": idem[1], "usage_id": usage_id}
             if idem_result is None:
                 _DROP_CLAIM(conn, claim)
             else:
@@ -692,7 +696,7 @@ class BillingStore:
         conn.execute(sa.update(usage_log).where(usage_log.c.id == usage_id)
                      .values(status="error", error_code="not_started", finished_at=now))
         if idem is not None:
-            _DROP_CLAIM(conn, {"idem_scope": idem[0], "idem_key": idem[1]})
+            _DROP_CLAIM(conn, {"idem_scope": idem[0], "idem_key": idem[1], "usage_id": usage_id})
 
     # --- idempotency ----------------------------------------------------------------------------------------
 
