@@ -14,6 +14,7 @@ import pytest
 
 from imagegate.engines.upstream import UpstreamSession, download
 from imagegate.errors import InvalidRequest
+from imagegate import fetch as fetch_module
 from imagegate.fetch import PrivateAddress, fetch_image
 from tests.imaging_helpers import png_bytes
 
@@ -99,3 +100,42 @@ def test_an_upstream_link_to_a_rebinding_name_is_not_downloaded(local_image, dns
     refused, trusted = asyncio.run(main())
     assert isinstance(refused.os_error, PrivateAddress)  # refused by the connection's own resolver, not the server
     assert trusted == IMAGE and hits == ["/b.png"]
+
+
+@pytest.fixture
+def redirector():
+    """A server on 127.0.0.2 (taken for a public host by the tests that use it) whose every path redirects to the
+    URL the test sets (``targets[0]``)."""
+    targets: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("location", targets[0])
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.2:{server.server_address[1]}/r.png", targets
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirect_is_followed_and_checked_as_the_first_url_was(local_image, redirector, monkeypatch):
+    port, hits = local_image
+    url, targets = redirector
+    real = fetch_module.is_public_address
+    monkeypatch.setattr(fetch_module, "is_public_address", lambda a: a == "127.0.0.2" or real(a))
+    targets.append(f"http://127.0.0.1:{port}/a.png")  # a public link that leads to a loopback one
+    with pytest.raises(InvalidRequest, match="private or loopback"):
+        asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, timeout_s=5, allow_private=False))
+    assert hits == []
+    data = asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, timeout_s=5, allow_private=True))
+    assert data == IMAGE and hits == ["/a.png"]
+    targets[0] = url  # a loop
+    with pytest.raises(InvalidRequest, match="redirects more than 5 times"):
+        asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, timeout_s=5, allow_private=True))

@@ -15,7 +15,7 @@ import ipaddress
 import socket
 import urllib.request
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -146,11 +146,12 @@ def _private(param: str) -> InvalidRequest:
     )
 
 
-async def fetch_image(
-    url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget | None = None
-) -> bytes:
-    """The image at ``url``, or an InvalidRequest naming ``param`` that says why not (OverBudget passes through: the
-    caller knows what the budget was for)."""
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+async def _check_url(url: str, param: str, allow_private: bool) -> None:
+    """Refuses, naming ``param``, a URL this server does not fetch: the first one and every redirect's."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"Invalid image URL in '{param}': only http(s) URLs and data URLs are accepted.", param=param)
@@ -160,17 +161,33 @@ async def fetch_image(
         raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
     if not allow_private and not all(is_public_address(a) for a in addresses):
         raise _private(param)
-    proxy = env_proxy(url, urllib.request.getproxies())
-    connector = aiohttp.TCPConnector() if allow_private or proxy else public_connector()
+
+
+async def fetch_image(
+    url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget | None = None
+) -> bytes:
+    """The image at ``url``, or an InvalidRequest naming ``param`` that says why not (OverBudget passes through: the
+    caller knows what the budget was for). Redirects are followed, up to MAX_REDIRECTS, each checked as the first
+    URL was: a public link may not lead to a private address."""
     try:
         # timeout_s bounds the whole fetch: per-read timeouts are what a trickling server evades.
-        async with asyncio.timeout(timeout_s), aiohttp.ClientSession(connector=connector) as session:
-            async with session.get(url, allow_redirects=False, proxy=proxy) as response:
-                if response.status != 200:
-                    raise InvalidRequest(
-                        f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
-                    )
-                return await read_body(response, max_bytes, budget=budget)
+        async with asyncio.timeout(timeout_s):
+            for _ in range(MAX_REDIRECTS + 1):
+                await _check_url(url, param, allow_private)
+                proxy = env_proxy(url, urllib.request.getproxies())
+                connector = aiohttp.TCPConnector() if allow_private or proxy else public_connector()
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    async with session.get(url, allow_redirects=False, proxy=proxy) as response:
+                        location = response.headers.get("location")
+                        if response.status in REDIRECTS and location:
+                            url = urljoin(url, location)
+                            continue
+                        if response.status != 200:
+                            raise InvalidRequest(
+                                f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
+                            )
+                        return await read_body(response, max_bytes, budget=budget)
+            raise InvalidRequest(f"The image URL in '{param}' redirects more than {MAX_REDIRECTS} times.", param=param)
     except OverBudget:
         raise
     except TooLarge:  # not any ValueError: aiohttp's InvalidURL (a bad proxy setting, say) is one too
@@ -179,6 +196,7 @@ async def fetch_image(
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, PrivateAddress):  # the name changed its answer since the check above
             raise _private(param) from None
-        raise InvalidRequest(f"Could not resolve the image URL's host '{parts.hostname}'.", param=param) from None
+        host = urlsplit(url).hostname
+        raise InvalidRequest(f"Could not resolve the image URL's host '{host}'.", param=param) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise InvalidRequest(f"Fetching the image URL in '{param}' failed: {type(exc).__name__}.", param=param) from None

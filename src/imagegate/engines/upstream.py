@@ -31,7 +31,7 @@ from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
 from imagegate.errors import EngineTimeout, InvalidImage, UpstreamError
-from imagegate.fetch import env_proxy, public_connector, public_host, read_body
+from imagegate.fetch import REDIRECTS, env_proxy, public_connector, public_host, read_body
 
 if TYPE_CHECKING:
     from imagegate.config import ChannelConfig
@@ -40,7 +40,6 @@ _READ_BUFFER = 1 << 20  # bytes a response read may take at once; an image answe
 # Below the idle timeout of common servers (uvicorn closes after 5 s): reusing a connection the upstream is
 # closing fails the request after it was sent, which cannot be retried safely.
 _KEEPALIVE_SECONDS = 4.0
-_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class UpstreamSession:
@@ -367,7 +366,7 @@ async def download(
         proxy = session.proxy_for(url)
         client = session.get() if trusted or proxy else session.public()
         async with client.get(url, allow_redirects=False, proxy=proxy) as response:
-            if response.status in _REDIRECTS and "location" in response.headers:
+            if response.status in REDIRECTS and "location" in response.headers:
                 url = urljoin(url, response.headers["location"])
                 continue
             if response.status != 200:
