@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import pytest
@@ -209,13 +210,20 @@ def test_url_response_for_gpt_models(client, server):
 def test_tampered_and_expired_urls_are_refused(client, server):
     result = client.images.generate(model="dall-e-2", prompt="a hill", size="256x256")
     url = httpx.URL(result.data[0].url)
-    tampered = url.copy_set_param("signature", "0" * 43)
-    response = httpx.get(tampered)
-    assert response.status_code == 403
-    assert response.json()["error"]["code"] == "invalid_signature"
+    cache = httpx.get(url).headers["cache-control"]  # no longer than the link lives (an hour, here)
+    assert cache.startswith("private, max-age=") and 3590 <= int(cache.rsplit("=", 1)[1]) <= 3600
+    unsigned = str(url).split("&signature=")[0]
+    for forged in ("0" * 43, "%C3%A9", "%FF"):  # not hex, not even ASCII: refused as any other forgery
+        response = httpx.get(f"{unsigned}&signature={forged}")
+        assert response.status_code == 403, forged
+        assert response.json()["error"]["code"] == "invalid_signature"
     extended = url.copy_set_param("expires", str(int(url.params["expires"]) + 3600))
     assert httpx.get(extended).status_code == 403
     name = url.path.rsplit("/", 1)[-1]
+    soon = int(time.time()) + 5
+    signed = url.copy_set_param("expires", str(soon)).copy_set_param("signature",
+                                                                      server.app.state.storage.signer.signature(name, soon))
+    assert int(httpx.get(signed).headers["cache-control"].rsplit("=", 1)[1]) <= 5
     past = 1_000_000_000
     signature = server.app.state.storage.signer.signature(name, past)
     expired = url.copy_set_param("expires", str(past)).copy_set_param("signature", signature)
@@ -235,6 +243,10 @@ def test_janitor_removes_expired_images(tmp_path):
     import os
 
     os.utime(storage.root / gone.name, (gone.expires_at - 3600, gone.expires_at - 3600))
+    # Not ours, and old: a volume's lost+found, a link. Left alone, and the sweep goes past them.
+    (storage.root / "lost+found").mkdir()
+    os.utime(storage.root / "lost+found", (1, 1))
+    (storage.root / "aaa.png").symlink_to(storage.root / kept.name)
     assert storage.sweep(now=gone.expires_at - 60) == 1
     assert (storage.root / kept.name).exists()
     assert not (storage.root / gone.name).exists()

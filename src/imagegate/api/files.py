@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
@@ -19,10 +21,12 @@ async def get_file(
         raise PermissionDenied("This image link is not signed: 'expires' and 'signature' are required.", code="invalid_signature")
     path = request.app.state.storage.open_signed(name, expires, signature)
     fmt = name.rsplit(".", 1)[-1]
+    # No longer than the link lives: a browser must not go on showing an image whose link has expired.
+    max_age = max(0, min(3600, int(expires) - int(time.time())))
     return FileResponse(
         path,
         media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"),
-        headers={"cache-control": "private, max-age=3600"},
+        headers={"cache-control": f"private, max-age={max_age}"},
         # ?download=1 is the chat's "Click to download" link: same signature, saved instead of shown.
         filename=name if download else None,
         content_disposition_type="attachment",

@@ -13,6 +13,7 @@ import hmac
 import os
 import re
 import secrets
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from imagegate.errors import NotFound, PermissionDenied
 
+log = logging.getLogger("imagegate.storage")
 _NAME_RE = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
 
 
@@ -38,7 +40,9 @@ class UrlSigner:
         return mac.hexdigest()[:43]
 
     def verify(self, name: str, expires_at: int, signature: str, *, now: float | None = None) -> None:
-        if not hmac.compare_digest(self.signature(name, expires_at), signature):
+        # As bytes: compare_digest refuses str with non-ASCII characters, and the signature is the client's.
+        given = signature.encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(self.signature(name, expires_at).encode(), given):
             raise PermissionDenied("This image link is invalid: its signature does not match.", code="invalid_signature")
         if (time.time() if now is None else now) > expires_at:
             raise PermissionDenied(
@@ -91,8 +95,10 @@ class LocalStorage:
         removed = 0
         for entry in os.scandir(self.root):
             try:
-                stat = entry.stat()
-            except FileNotFoundError:
+                if not entry.is_file(follow_symlinks=False):
+                    continue  # not ours (a volume's lost+found, say): left alone
+                stat = entry.stat(follow_symlinks=False)
+            except OSError:
                 continue
             if entry.name.endswith(".part"):
                 # Still being written (its mtime is not the expiry yet) unless it was abandoned an hour ago.
@@ -105,6 +111,8 @@ class LocalStorage:
                     removed += 1
                 except FileNotFoundError:
                     pass
+                except OSError as exc:  # one file we may not remove must not stop the sweep of the rest
+                    log.warning("janitor could not remove %s: %s", entry.path, exc)
         return removed
 
 
