@@ -339,6 +339,9 @@ def test_admin_api_guards_and_validates(metered):
                             headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "expires_at", answer.text
     assert admin(metered, "POST", "/keys/sk-ig-nothere/revoke").status_code == 404
+    for limit in ("0", "x", "²", "1001"):  # "²" is a digit to str.isdigit, not to int()
+        answer = admin(metered, "GET", "/usage", params={"limit": limit})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "limit", (limit, answer.text)
     topped = admin(metered, "POST", "/accounts/acme/topups", json={"amount": "2.5", "note": "invoice 7"}).json()
     assert topped["balance"]["usd"] == "3.500000" and topped["balance"]["credits"] == 248_500.0
     shown = admin(metered, "GET", "/accounts/acme").json()

@@ -269,6 +269,8 @@ def test_edits_without_content_type_is_415(http):
     pytest.param(b"\"a fox\"", "JSON object", id="string"),
     pytest.param(b"null", "JSON object", id="null"),
     pytest.param(b"", "empty", id="empty"),
+    pytest.param(b'{"n": ' + b"9" * 5000 + b"}", "not valid JSON", id="huge-number"),
+    pytest.param(b"[" * 100_000, "nested too deeply", id="deep-nesting"),
 ])
 def test_unusable_json_body_is_400(http, path, body, fragment):
     response = http.post(path, content=body, headers={**AUTH, "content-type": "application/json"})

@@ -87,7 +87,7 @@ def key_dict(key: ApiKey, billing: Billing) -> dict[str, Any]:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIST:  # "²" is a digit to isdigit
         raise InvalidRequest(f"Invalid 'limit': expected 1 to {MAX_LIST}.", param="limit")
     return int(raw)
 

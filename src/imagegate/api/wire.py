@@ -21,8 +21,10 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad JSON or UTF-8, and numbers past Python's 4,300-digit limit
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body is not valid JSON here: it is nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
