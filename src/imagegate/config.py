@@ -6,6 +6,7 @@ Precedence, lowest first: the defaults below < a TOML file (``--config``) < ``IM
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+log = logging.getLogger("imagegate.config")
 ENV_PREFIX = "IMAGEGATE_"
 DB_FILE = "imagegate.db"  # the ledger's SQLite file in the data dir, when no database URL is set
 WRITE_TIMEOUT_S = 60.0  # database_write_timeout_seconds' default
@@ -145,12 +147,24 @@ class Settings(BaseModel):
         return self.data_dir / "images"
 
 
+# IMAGEGATE_ variables that are not settings: the supervisor's hand-over to its workers, the test suite's database.
+_NOT_SETTINGS = frozenset({"IMAGEGATE_WORKER_SETTINGS", "IMAGEGATE_TEST_DATABASE_URL"})
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name in Settings.model_fields:
+    for name, field in Settings.model_fields.items():
         raw = environ.get(ENV_PREFIX + name.upper())
+        if raw == "" and field.annotation == (Path | None):
+            continue  # `IMAGEGATE_PRICE_FILE=` is how a shell unsets it, not a path to the current directory
         if raw is not None:
             values[name] = raw
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _NOT_SETTINGS
+    for variable in sorted(set(environ) - known):
+        if variable.startswith(ENV_PREFIX):
+            # Warned, not refused: an environment holds what other tools set too. But a misspelt setting would
+            # otherwise be silently ignored.
+            log.warning("%s is not a setting and is ignored; see docs/configuration.md for the names", variable)
     return values
 
 

@@ -81,9 +81,14 @@ def test_malformed_price_file_names_the_bad_entry(tmp_path, text, names):
     assert str(path) in message
 
 
-def test_missing_price_file_is_refused(tmp_path):
+def test_missing_or_unreadable_price_file_is_refused_in_one_line(tmp_path):
     with pytest.raises(PriceBookError, match="price file not found"):
         load_price_book(tmp_path / "nope.toml")
+    with pytest.raises(PriceBookError, match="Is a directory"):  # not an OSError's traceback (500 on reload)
+        load_price_book(tmp_path)
+    (tmp_path / "latin1.toml").write_bytes(b'[groups]\n# caf\xe9\n')
+    with pytest.raises(PriceBookError, match="latin1.toml"):
+        load_price_book(tmp_path / "latin1.toml")
 
 
 def test_coverage_problems_name_the_gap(tmp_path):

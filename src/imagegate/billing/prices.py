@@ -128,7 +128,9 @@ def _read(path: Path | None) -> tuple[dict[str, Any], str]:
             return tomllib.load(fh), str(path)
     except FileNotFoundError:
         raise PriceBookError(f"price file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:  # a directory, no permission: one line, as for any bad file
+        raise PriceBookError(f"price file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PriceBookError(f"price file {path}: {exc}") from None
 
 
