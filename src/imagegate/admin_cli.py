@@ -93,20 +93,34 @@ async def _run(args: argparse.Namespace, settings) -> int:
     url = resolve_url(settings.database_url, settings.data_dir)
     timeout = settings.database_write_timeout_seconds
     command = args.command
+    # Looking must not create the data dir's database: its presence turns metering on at the next `serve`.
+    absent = _sqlite_file_absent(url)
     if command == "db":
-        from sqlalchemy.engine import make_url
-
-        database = make_url(url).database
-        if args.action == "current" and make_url(url).get_backend_name() == "sqlite" and not Path(database).exists():
-            revision = None  # looking must not create the file (its presence turns metering on)
+        if args.action == "current" and absent:
+            revision = None
         else:
             async with opened(url, upgrade=args.action == "upgrade", write_timeout=timeout) as db:
                 revision = await db.revision()
         print(f"schema revision: {revision or 'none'} (newest: {head_revision()})")
         return 0
+    out = _Out(prices, getattr(args, "json", False))
+    if absent and (command, args.action) in _READ_ONLY:
+        if (command, args.action) == ("accounts", "show"):
+            raise ImagegateError(f"No account named '{args.name}' (there is no database yet: {url}).", status=404)
+        if out.json:
+            out.dump([])
+        else:
+            print(f"nothing yet: there is no database ({url}); this data dir's server is unmetered", file=sys.stderr)
+        return 0
     async with opened(url, write_timeout=timeout) as db:
-        out = _Out(prices, getattr(args, "json", False))
         return await _HANDLERS[(command, args.action)](BillingStore(db), args, out, prices)
+
+
+def _sqlite_file_absent(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists()
 
 
 class _Out:
@@ -252,6 +266,7 @@ async def _usage(store, args, out, prices) -> int:
     return 0
 
 
+_READ_ONLY = {("accounts", "show"), ("accounts", "list"), ("keys", "list"), ("usage", "usage")}
 _HANDLERS = {
     ("accounts", "create"): _account_create,
     ("accounts", "topup"): _account_topup,

@@ -71,3 +71,19 @@ def test_bad_input_is_refused_with_a_message(cli, args, message):
     assert cli("accounts", "create", "acme")[0] == 0
     code, out, err = cli(*args)
     assert code == 1 and message in err, err
+
+
+def test_looking_at_an_unmetered_data_dir_leaves_it_unmetered(tmp_path, capsys, monkeypatch):
+    """The data dir's database turns metering on at the next `serve`: listing must not create it."""
+    from imagegate.config import DB_FILE, load_settings, metering_enabled
+
+    monkeypatch.delenv("IMAGEGATE_DATABASE_URL", raising=False)
+    data = tmp_path / "data"
+    for args in (["usage"], ["accounts", "list"], ["keys", "list"]):
+        assert main([*args, "--data-dir", str(data)]) == 0, args
+        assert main([*args, "--json", "--data-dir", str(data)]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    assert main(["accounts", "show", "acme", "--data-dir", str(data)]) == 1
+    assert "No account named 'acme'" in capsys.readouterr().err
+    assert not (data / DB_FILE).exists()
+    assert not metering_enabled(load_settings(None, environ={}, overrides={"data_dir": data}))
