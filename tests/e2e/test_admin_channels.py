@@ -34,7 +34,7 @@ def test_a_channel_added_through_the_api_routes_at_once_and_on_every_server(back
         })
         assert made.status_code == 201, made.text
         shown = made.json()
-        assert shown["api_key"] == "sk-ups...1234" and shown["source"] == "admin" and shown["circuit"] == "closed"
+        assert shown["api_key"] == "sk-...1234" and shown["source"] == "admin" and shown["circuit"] == "closed"
         assert shown["weight"] == 1 and shown["models"] == ["gpt-image-1"]
 
         result = client(first, key).images.generate(**LOW)
@@ -49,7 +49,7 @@ def test_a_channel_added_through_the_api_routes_at_once_and_on_every_server(back
 
         changed = admin(first, "PATCH", "/channels/up", json={"weight": 5, "priority": 2})
         assert changed.status_code == 200 and (changed.json()["weight"], changed.json()["priority"]) == (5, 2)
-        assert changed.json()["api_key"] == "sk-ups...1234"  # the stored key is kept, never shown
+        assert changed.json()["api_key"] == "sk-...1234"  # the stored key is kept, never shown
         client(first, key).images.generate(**LOW)
         assert faults.authorizations[-1] == "Bearer sk-upstream-secret-1234"
 
@@ -108,10 +108,10 @@ def test_a_bad_channel_is_refused_naming_the_field(backend, tmp_path, body, para
 
 
 def test_config_file_channels_are_listed_but_changed_only_in_the_file(backend, faults, tmp_path):
-    fixed = {"name": "file", "base_url": faults.base_url, "api_key": "sk-file-key-98765", "models": ["dall-e-2"]}
+    fixed = {"name": "file", "base_url": faults.base_url, "api_key": "sk-file-key-0123498765", "models": ["dall-e-2"]}
     with metered_server(backend, tmp_path, channels=(fixed,)) as live:
         listed = admin(live, "GET", "/channels").json()["data"]
-        assert [(c["name"], c["source"], c["api_key"]) for c in listed] == [("file", "config", "sk-fil...8765")]
+        assert [(c["name"], c["source"], c["api_key"]) for c in listed] == [("file", "config", "sk-...8765")]
         for method, path, body in (("PATCH", "/channels/file", {"weight": 2}), ("DELETE", "/channels/file", None),
                                    ("POST", "/channels", {**fixed, "models": ["gpt-image-1"]})):
             answer = admin(live, method, path, json=body)
@@ -129,7 +129,7 @@ def test_changes_go_by_the_database_not_by_what_this_server_has_loaded(backend, 
     url, drop = fresh_url(backend, tmp_path)
     first = start_metered(tmp_path / "a", url, heartbeat_interval_seconds=120)
     second = start_metered(tmp_path / "b", url, heartbeat_interval_seconds=120)
-    body = {"name": "up", "base_url": faults.base_url, "api_key": "sk-upstream-1234", "models": ["gpt-image-1"]}
+    body = {"name": "up", "base_url": faults.base_url, "api_key": "sk-upstream-secret-1234", "models": ["gpt-image-1"]}
     try:
         assert admin(first, "POST", "/channels", json=body).status_code == 201
         assert admin(second, "GET", "/channels").json()["data"] == []  # not followed yet
@@ -137,7 +137,7 @@ def test_changes_go_by_the_database_not_by_what_this_server_has_loaded(backend, 
         assert again.status_code == 409 and again.json()["error"]["code"] == "channel_exists"
         changed = admin(second, "PATCH", "/channels/up", json={"weight": 3})
         assert changed.status_code == 200 and changed.json()["weight"] == 3
-        assert changed.json()["api_key"] == "sk-ups...1234"  # merged with what is stored, not with nothing
+        assert changed.json()["api_key"] == "sk-...1234"  # merged with what is stored, not with nothing
         assert admin(first, "DELETE", "/channels/up").status_code == 200
         late = admin(second, "PATCH", "/channels/up", json={"weight": 4})
         assert late.status_code == 404 and late.json()["error"]["code"] == "channel_not_found"

@@ -178,7 +178,7 @@ def test_static_keys_get_idempotency_too(metered):
 
 
 def test_static_keys_that_look_alike_keep_their_results_apart(backend, tmp_path):  # noqa: F811
-    twins = ("sk-team-one-secret-xyz9", "sk-team-two-secret-xyz9")  # both shown as "sk-tea...xyz9"
+    twins = ("sk-team-one-secret-xyz9", "sk-team-two-secret-xyz9")  # both shown as "sk-...xyz9"
     with metered_server(backend, tmp_path, api_keys=twins) as live:
         client(live, twins[0]).images.generate(**LOW, **_idem("job-1"))
         other = client(live, twins[1]).images.with_raw_response.generate(**LOW, **_idem("job-1"))

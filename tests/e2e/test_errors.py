@@ -114,7 +114,10 @@ def test_wrong_key_is_redacted_in_the_message(http):
     error = assert_envelope(http.get("/v1/models", headers={"Authorization": "Bearer sk-secret-abcdefghijklmnop"}),
                             401, code="invalid_api_key")
     assert "sk-secret-abcdefghijklmnop" not in error["message"]
-    assert "mnop" in error["message"]
+    assert "sk-...mnop" in error["message"]
+    short = assert_envelope(http.get("/v1/models", headers={"Authorization": "Bearer hunter2abc"}),
+                            401, code="invalid_api_key")
+    assert "Incorrect API key provided: ****." == short["message"]  # four characters are much of a short one
 
 
 BAD_REQUESTS = [

@@ -58,10 +58,11 @@ class StaticKeys:
 
 
 def redact(token: str) -> str:
-    """A key as it may be shown: enough to recognise it, never enough to use it."""
-    if len(token) <= 8:
-        return "*" * len(token)
-    return f"{token[:6]}...{token[-4:]}"
+    """A key as it may be shown (error messages, the usage log, the channel list): its scheme and last four
+    characters, as OpenAI shows keys; nothing at all of a short one, where four characters are much of it."""
+    if len(token) < 20:
+        return "****"
+    return f"{token[:3]}...{token[-4:]}"
 
 
 def bearer_token(request: Request) -> str:
