@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from imagegate.billing.store import BillingStore, IdempotencyTaken, UsageMeta
 from imagegate.catalog.tokens import Usage
 from imagegate.db.schema import accounts, api_keys, holds, idempotency, instances
-from imagegate.errors import Conflict, InsufficientQuota, NotFound
+from imagegate.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
 from tests.db.backends import open_store
 
 
@@ -140,11 +140,13 @@ def test_accounts_and_keys(database_url):
         async with store.db.read() as conn:
             stored = (await conn.execute(sa.select(api_keys))).one()
         assert secret not in [str(v) for v in stored] and stored.key_hash != secret  # only the hash is kept
-        assert (await store.revoke_key(key.prefix[:9])).state(time.time()) == "revoked"
+        with pytest.raises(InvalidRequest):  # a part of a prefix is no prefix: a typo must not revoke some key
+            await store.revoke_key(key.prefix[:9])
+        assert (await store.revoke_key(key.prefix)).state(time.time()) == "revoked"
         expired, _ = await store.create_key("acme", expires_at=time.time() - 1)
         assert expired.state(time.time()) == "expired"
         with pytest.raises(NotFound):
-            await store.revoke_key("sk-ig-nothere")
+            await store.revoke_key("sk-ig-nother")
 
     run(database_url, body)
 

@@ -338,7 +338,7 @@ def test_admin_api_guards_and_validates(metered):
         answer = httpx.post(f"{metered.root}/admin/keys", content='{"account": "acme", "expires_at": %s}' % never,
                             headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "expires_at", answer.text
-    assert admin(metered, "POST", "/keys/sk-ig-nothere/revoke").status_code == 404
+    assert admin(metered, "POST", "/keys/sk-ig-nother/revoke").status_code == 404
     for limit in ("0", "x", "²", "1001"):  # "²" is a digit to str.isdigit, not to int()
         answer = admin(metered, "GET", "/usage", params={"limit": limit})
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "limit", (limit, answer.text)

@@ -64,7 +64,8 @@ def test_accounts_keys_and_usage(cli):
         (("keys", "create", "--account", "nobody"), "No account named 'nobody'"),
         (("keys", "create", "--account", "acme", "--expires", "tomorrow"), "Invalid '--expires'"),
         (("keys", "create", "--account", "acme", "--models", "gpt-9"), "unknown model 'gpt-9'"),
-        (("keys", "revoke", "sk-ig-nothere"), "No API key with prefix"),
+        (("keys", "revoke", "sk-ig-nother"), "No API key with prefix"),
+        (("keys", "revoke", "sk-ig-"), "is not a key's prefix"),  # would have matched any one key
     ],
 )
 def test_bad_input_is_refused_with_a_message(cli, args, message):

@@ -423,13 +423,17 @@ class BillingStore:
         return await self.db.run_read(self._key_by_prefix, prefix)
 
     def _key_by_prefix(self, conn: Connection, prefix: str) -> ApiKey:
-        rows = conn.execute(self._keys_query().where(api_keys.c.prefix.startswith(prefix, autoescape=True))
-                            .limit(2)).all()
-        if not rows:
+        """The key with exactly this prefix: never whichever key a shorter string happens to start, where a typo
+        in a revocation would take down a key nobody meant."""
+        if len(prefix) != PREFIX_CHARS:
+            raise InvalidRequest(
+                f"'{prefix}' is not a key's prefix: give its {PREFIX_CHARS} characters as `keys list` shows them "
+                f"({KEY_PREFIX}xxxxxx).", param="prefix",
+            )
+        row = conn.execute(self._keys_query().where(api_keys.c.prefix == prefix)).first()
+        if row is None:
             raise NotFound(f"No API key with prefix '{prefix}'.", code="key_not_found")
-        if len(rows) > 1:
-            raise InvalidRequest(f"The prefix '{prefix}' matches more than one key; give more of it.", param="prefix")
-        return _api_key(rows[0])
+        return _api_key(row)
 
     async def keys(self, account_name: str | None = None) -> list[ApiKey]:
         return await self.db.run_read(self._keys, account_name)
