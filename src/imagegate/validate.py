@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from imagegate import imaging
-from imagegate.catalog import Catalog, Model, parse_size
+from imagegate.catalog import Catalog, Model, Size, parse_size
 from imagegate.engines.base import Job
 from imagegate.errors import InvalidRequest, InvalidType, MissingParameter, UnknownParameter
 
@@ -29,9 +29,9 @@ GENERATION_PARAMS = {
 }
 EDIT_PARAMS = GENERATION_PARAMS | {"input_fidelity", "image", "image[]", "images", "mask"}
 DEFAULT_MODEL = "gpt-image-1.5"
-# Optional parameters a relay forwards as the client sent them (size, n and the rest are sent resolved).
+# Optional parameters a relay forwards as the client sent them (size, n, quality and the rest are sent resolved).
 _RELAYED = {
-    "quality", "background", "output_format", "output_compression", "moderation", "style", "user",
+    "background", "output_format", "output_compression", "moderation", "style", "user",
     "safety_identifier", "complexity", "input_fidelity",
 }
 MAX_PARTIAL_IMAGES = 3
@@ -222,13 +222,16 @@ def validate(
             fidelity = f.choice("input_fidelity", model.input_fidelity, "low")
         images, mask, files, mask_file = _edit_inputs(raw, model, max_input_pixels=max_input_pixels, max_image_bytes=max_image_bytes)
 
-    size_text = f.string("size", "auto")
+    size_text = f.string("size", "auto" if model.size_auto else str(model.default_size))
     assert size_text is not None
-    if size_text == "auto":
+    if size_text == "auto" and model.size_auto:
         size = model.auto_size(prompt, images[0].width / images[0].height if images else None)
     else:
         size = parse_size(size_text)
         if size is None:
+            if model.sizes is not None:
+                raise InvalidRequest(f"Invalid size '{size_text}' for model '{model.id}': "
+                                     f"{model.size_violation(Size(0, 0))}.", param="size")
             raise InvalidRequest(
                 f"Invalid size '{size_text}'. Expected WIDTHxHEIGHT, for example '1024x1024', or 'auto'.",
                 param="size",

@@ -171,7 +171,6 @@ def test_png_accepts_output_compression_without_effect(client):
         ("gpt-image-1", "a cat", "1024x1024"),
         ("gpt-image-2", "a cinematic shot, 16:9", None),
         ("gpt-image-2", "a phone wallpaper 9:16", None),
-        ("dall-e-3", "a tall tower, portrait", "1024x1792"),
     ],
 )
 def test_size_auto_follows_the_prompt_ratio(client, model, prompt, expected):
@@ -205,6 +204,14 @@ def test_url_response_for_gpt_models(client, server):
     image = decode(response.content)
     assert image.size == (1536, 1024) and image.mode == "RGBA"
     assert image.getchannel("A").getextrema()[0] == 0
+
+
+def test_dall_e_without_a_size_draws_its_default_whatever_the_prompt_says(client):
+    """DALL·E has no size=auto upstream: a request without a size is 1024x1024 (and priced so), not a wide image
+    read from 'wide' in the prompt."""
+    result = client.images.generate(model="dall-e-3", prompt="a wide landscape photo of hills, 16:9",
+                                    response_format="b64_json")
+    assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
 
 
 def test_tampered_and_expired_urls_are_refused(client, server):

@@ -317,6 +317,10 @@ def test_parameters_forwarded_and_policies_applied(faults, tmp_path):
         assert sent["size"] == "1024x1024" and sent["quality"] == "low" and sent["n"] == 1
         client.images.generate(model="gpt-4o-image", prompt="x", size="1024x1024")
         assert "quality" not in json.loads(faults.requests[-1][2])
+        # No quality, or 'auto': the upstream is told the quality it is priced at, never left to pick a dearer one.
+        for asked in ({}, {"quality": "auto"}):
+            client.images.generate(model="gpt-image-1", prompt="x", size="1024x1024", **asked)
+            assert json.loads(faults.requests[-1][2])["quality"] == "medium"
         client.images.edit(model="gpt-image-1", prompt="x", image=[("a.png", png_bytes(64, 64), "image/png"),
                                                                   ("b.png", png_bytes(64, 64), "image/png")],
                            mask=("m.png", mask_bytes(64, 64, (0, 0, 32, 32)), "image/png"), size="1024x1024")

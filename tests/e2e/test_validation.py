@@ -140,6 +140,10 @@ REFUSALS = [
            ("512x512", *_SUPPORTED_GPT_SIZES)),
     *_one(GEN, "size-dall-e-3-list", {"model": "dall-e-3", "size": "1536x1024"}, "size", "invalid_value",
           ("'1024x1024'", "'1792x1024'", "'1024x1792'")),
+    *_one(GEN, "size-auto-dall-e-3", {"model": "dall-e-3", "size": "auto"}, "size", "invalid_value",
+          ("Invalid size 'auto'", "'1024x1024'", "'1792x1024'", "'1024x1792'.")),  # as upstream: no 'auto'
+    *_both("size-auto-dall-e-2", {"model": "dall-e-2", "size": "auto"}, "size", "invalid_value",
+           ("Invalid size 'auto'", "'256x256'", "'512x512'", "'1024x1024'.")),
     *_both("size-edge-over-3840", {"model": "gpt-image-2", "size": "4000x1024"}, "size", "invalid_value",
            ("longest edge", "3840")),
     *_both("size-ratio-over-3", {"model": "gpt-image-2", "size": "3840x1024"}, "size", "invalid_value",

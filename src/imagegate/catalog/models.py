@@ -39,6 +39,9 @@ class Model:
     edit_square_png_only: bool = False
     # The model rewrites prompts and its answers say how (each item's revised_prompt), known only once read.
     revises_prompts: bool = False
+    # size=auto is taken (from the prompt's ratio, or an edit's image); without it, as DALL·E upstream, 'auto' is
+    # refused and a request without a size gets default_size.
+    size_auto: bool = True
     size_rule: FreeSizeRule | None = None
     created: int = 1_700_000_000
     owned_by: str = "imagegate"
@@ -60,7 +63,7 @@ class Model:
             if size in self.sizes:
                 return None
             allowed = ", ".join(f"'{s}'" for s in self.sizes)
-            return f"supported values are {allowed} and 'auto'"
+            return f"supported values are {allowed}" + (" and 'auto'" if self.size_auto else "")
         assert self.size_rule is not None
         return self.size_rule.violation(size)
 

@@ -60,9 +60,11 @@ class OpenAICompatEngine(RelayEngine):
             "n": job.n,
             "size": str(job.size),
         }
+        if len(job.model.qualities) > 1:
+            # Resolved, never 'auto': the upstream renders the quality the request was quoted and is charged at
+            # (its own 'auto' may pick a dearer one, which the operator would pay for).
+            params["quality"] = job.quality
         params.update(job.client_params)
-        if job.model.id.startswith("gpt-4o-image"):
-            params.pop("quality", None)
         drops = set(channel.drop_params) if channel.drop_params is not None else _DEFAULT_DROPS[job.operation]
         for name in drops:
             params.pop(name, None)
