@@ -171,8 +171,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 # With OPENAI_API_KEY set and no channel configured, the GPT image models go to OpenAI itself.
 OPENAI_DEFAULT_MODELS = (
     "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "chatgpt-image-latest", "gpt-image-2",
-    "gpt-image-2-2026-04-21", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare", "gpt-image-2.6-sunburst",
-    "gpt-image-2.6-flare",
+    "gpt-image-2-2026-04-21", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare", "gpt-image-2.5-sunburst-2026-09-08",
+    "gpt-image-2.5-flare-2026-09-08", "gpt-image-2.6-sunburst", "gpt-image-2.6-flare",
 )
 
 

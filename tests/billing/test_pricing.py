@@ -142,7 +142,8 @@ def test_image_tokens_are_not_priced_as_text():
 
 def test_every_gpt_image_2_family_model_bills_output_tokens():
     for model in ("gpt-image-2", "gpt-image-2-2026-04-21", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare",
-                  "gpt-image-2.6-sunburst", "gpt-image-2.6-flare"):
+                  "gpt-image-2.5-sunburst-2026-09-08", "gpt-image-2.5-flare-2026-09-08", "gpt-image-2.6-sunburst",
+                  "gpt-image-2.6-flare"):
         cost = quote(BOOK.price(model), request(model, size="2048x1152", quality="high").job, ONE)
         assert line(cost, "image_out").quantity > 0 and cost.micro > 0, model
 

@@ -80,7 +80,7 @@ def test_ratio_from_prompt(prompt, ratio):
 
 def test_catalog_loads_every_model_from_data():
     catalog = load_catalog()
-    assert len(catalog) == 14
+    assert len(catalog) == 16
     assert catalog.get("gpt-image-2").free_sizes
     assert catalog.get("dall-e-3").n_max == 1
     assert catalog.get("gpt-image-1-mini").input_fidelity == ("low",)

@@ -345,8 +345,8 @@ def test_edit_transparent_output_keeps_alpha(client):
 
 ALL_MODELS = {
     "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "chatgpt-image-latest", "gpt-image-2", "gpt-image-2-2026-04-21",
-    "gpt-image-2.5-sunburst", "gpt-image-2.5-flare", "gpt-image-2.6-sunburst", "gpt-image-2.6-flare", "gpt-4o-image",
-    "gpt-4o-image-vip", "dall-e-2", "dall-e-3",
+    "gpt-image-2.5-sunburst", "gpt-image-2.5-flare", "gpt-image-2.5-sunburst-2026-09-08", "gpt-image-2.5-flare-2026-09-08",
+    "gpt-image-2.6-sunburst", "gpt-image-2.6-flare", "gpt-4o-image", "gpt-4o-image-vip", "dall-e-2", "dall-e-3",
 }
 
 
