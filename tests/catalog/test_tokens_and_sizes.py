@@ -84,3 +84,13 @@ def test_catalog_loads_every_model_from_data():
     assert catalog.get("gpt-image-2").free_sizes
     assert catalog.get("dall-e-3").n_max == 1
     assert catalog.get("gpt-image-1-mini").input_fidelity == ("low",)
+
+
+@pytest.mark.parametrize("target", [655_360, 1024 * 1024, 1536 * 1024, 2048 * 1152, 2560 * 1440, 3840 * 2160])
+def test_a_fitted_size_always_keeps_the_rule_it_was_fitted_to(target):
+    """At the ratio limit the grid used to round past it (1536x1024's pixels at 3.5:1 gave 2176x720, 3.02:1), and
+    an operator's larger default_size sent upstream sizes OpenAI refuses."""
+    rule = FreeSizeRule()
+    for ratio in [step / 100 for step in range(20, 400)]:
+        size = rule.fit(ratio, target)
+        assert rule.violation(size) is None, (ratio, size)

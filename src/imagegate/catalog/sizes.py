@@ -71,6 +71,12 @@ class FreeSizeRule:
             width, height = width + m, max(m, round((width + m) / ratio / m) * m)
         while width * height > self.max_pixels or max(width, height) > self.max_edge:
             width, height = width - m, max(m, round((width - m) / ratio / m) * m)
+        # At the ratio limit the grid can round the short edge down past it (2176x720 is 3.02:1): the long edge
+        # gives a step, or, where that leaves too few pixels, the short edge takes one.
+        if max(width, height) / min(width, height) > self.max_ratio:
+            long_down = Size(width - m, height) if width > height else Size(width, height - m)
+            short_up = Size(width, height + m) if width > height else Size(width + m, height)
+            return long_down if self.violation(long_down) is None else short_up
         return Size(width, height)
 
 
