@@ -44,6 +44,13 @@ def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> 
     unknown = unknown_models([given], catalog)
     if unknown:
         raise ChannelError("models", f"unknown model(s) {unknown}; GET /v1/models lists them")
+    if given.api_key.startswith("env:"):
+        name = given.api_key[4:]
+        if not name.endswith("_API_KEY") or name.startswith("IMAGEGATE_"):
+            # The key is sent to the channel's host, which the admin API names: any variable would let a leaked
+            # admin token carry the server's database password or cloud keys to a host of its choosing.
+            raise ChannelError("api_key", f"a channel added through the API may name only a provider key's "
+                                          f"variable, one ending in _API_KEY (not imagegate's own): not {name}")
     try:
         used = given.model_copy(update={"api_key": resolve_env(given.api_key, environ)})
     except UnsetVariable as exc:

@@ -65,14 +65,14 @@ def test_a_channel_added_through_the_api_routes_at_once_and_on_every_server(back
 
 
 def test_stored_channels_survive_a_restart(backend, faults, tmp_path, monkeypatch):
-    monkeypatch.setenv("IMAGEGATE_TEST_CHANNEL_KEY", "sk-from-the-environment")
+    monkeypatch.setenv("UPSTREAM_TEST_API_KEY", "sk-from-the-environment")
     url, drop = fresh_url(backend, tmp_path)
     live = start_metered(tmp_path / "a", url)
     try:
         key = new_account(live, "acme", "5")
         assert admin(live, "POST", "/channels", json={
             "name": "up", "base_url": faults.base_url, "models": ["gpt-image-1"], "timeout_s": 60,
-            "api_key": "env:IMAGEGATE_TEST_CHANNEL_KEY",
+            "api_key": "env:UPSTREAM_TEST_API_KEY",
         }).status_code == 201
     finally:
         live.stop()
@@ -80,7 +80,7 @@ def test_stored_channels_survive_a_restart(backend, faults, tmp_path, monkeypatc
     try:
         listed = admin(again, "GET", "/channels").json()["data"]
         assert [(c["name"], c["timeout_s"], c["source"], c["api_key"]) for c in listed] == [
-            ("up", 60.0, "admin", "env:IMAGEGATE_TEST_CHANNEL_KEY")]  # a reference is shown as written
+            ("up", 60.0, "admin", "env:UPSTREAM_TEST_API_KEY")]  # a reference is shown as written
         client(again, key).images.generate(**LOW)
         assert _generations(faults) == 1 and faults.authorizations == ["Bearer sk-from-the-environment"]
     finally:
@@ -94,7 +94,12 @@ def test_stored_channels_survive_a_restart(backend, faults, tmp_path, monkeypatc
     ({"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-image-1"], "weight": 0}, "weight",
      "greater than or equal to 1"),
     ({"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-image-1"],
-      "api_key": "env:IMAGEGATE_TEST_UNSET_VARIABLE"}, "api_key", "IMAGEGATE_TEST_UNSET_VARIABLE is not set"),
+      "api_key": "env:UPSTREAM_UNSET_API_KEY"}, "api_key", "UPSTREAM_UNSET_API_KEY is not set"),
+    # Not a provider key's variable: a leaked admin token must not send the server's secrets to a host it names.
+    ({"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-image-1"],
+      "api_key": "env:PATH"}, "api_key", "ending in _API_KEY"),
+    ({"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-image-1"],
+      "api_key": "env:IMAGEGATE_MODERATION_API_KEY"}, "api_key", "not IMAGEGATE_MODERATION_API_KEY"),
     ({"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-image-1"], "colour": "red"}, "colour",
      "Extra inputs are not permitted"),
 ])
