@@ -235,4 +235,4 @@ def metering_enabled(settings: Settings) -> bool:
     admin token, or the data dir's own database (``imagegate accounts create`` makes one)."""
     if settings.metering != "auto":
         return settings.metering == "on"
-    return bool(settings.database_url or settings.admin_token) or (settings.data_dir / DB_FILE).exists()
+    return bool(settings.database_url or settings.admin_token.strip()) or (settings.data_dir / DB_FILE).exists()

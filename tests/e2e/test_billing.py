@@ -314,6 +314,20 @@ def test_an_unmetered_server_follows_the_price_file_too(tmp_path):
         live.stop()
 
 
+def test_the_admin_api_of_a_server_without_accounts_says_so_and_not_to_retry(tmp_path):
+    from tests.servers import start_server
+
+    live = start_server(tmp_path / "data", metering="off", admin_token="t0ken")
+    try:
+        channel = {"name": "x", "base_url": "http://127.0.0.1:9/v1", "models": ["gpt-image-1"]}
+        for method, path, body in (("GET", "/admin/accounts", None), ("POST", "/admin/channels", channel)):
+            answer = httpx.request(method, f"{live.root}{path}", json=body, headers={"Authorization": "Bearer t0ken"})
+            assert (answer.status_code, answer.json()["error"]["code"]) == (503, "metering_off")
+            assert answer.headers["x-should-retry"] == "false"  # a setting: the SDK's retries would not change it
+    finally:
+        live.stop()
+
+
 def test_admin_api_guards_and_validates(metered):
     no_token = httpx.get(f"{metered.root}/admin/accounts")
     assert no_token.status_code == 401 and no_token.json()["error"]["code"] == "missing_api_key"

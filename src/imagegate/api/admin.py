@@ -29,7 +29,7 @@ MAX_LIST = 1000
 
 
 async def require_admin(request: Request) -> None:
-    expected = request.app.state.settings.admin_token
+    expected = request.app.state.settings.admin_token.strip()  # a bearer token is read stripped: " " never matches
     if not expected:
         raise PermissionDenied("The admin API is off: set IMAGEGATE_ADMIN_TOKEN to use it.", code="admin_disabled")
     if not hmac.compare_digest(bearer_token(request).encode(), expected.encode()):
@@ -39,7 +39,8 @@ async def require_admin(request: Request) -> None:
 def _store(request: Request) -> BillingStore:
     store = request.app.state.billing.store
     if store is None:
-        raise ImagegateError("Accounts are off on this server (metering = off).", status=503, code="metering_off")
+        raise ImagegateError("Accounts are off on this server (metering = off).", status=503, code="metering_off",
+                             headers={"x-should-retry": "false"})  # a setting, not a passing state
     return store
 
 

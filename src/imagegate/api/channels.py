@@ -22,7 +22,8 @@ def _store(request: Request) -> ChannelStore:
     store = request.app.state.channel_store
     if store is None:
         raise ImagegateError("Channels can be added through the API only with a database (metering on); "
-                             "this server takes them from its config file.", status=503, code="metering_off")
+                             "this server takes them from its config file.", status=503, code="metering_off",
+                             headers={"x-should-retry": "false"})
     return store
 
 
