@@ -43,6 +43,19 @@ def test_a_retry_returns_the_stored_result_and_is_not_charged_again(metered):
     assert settled(metered, "acme")["settle"] == 22_025 + 11_025
 
 
+def test_a_retry_finds_its_images_however_short_lived_image_links_are(backend, tmp_path):  # noqa: F811
+    """Image links live url_ttl_seconds (1 s here), idempotency keys a day: the images a key's retry replays are
+    kept for as long as the key is, or the retry would be told to generate, and pay, again."""
+    with metered_server(backend, tmp_path, url_ttl_seconds=1) as live:
+        sdk = client(live, new_account(live, "acme", "1"))
+        first = sdk.images.generate(**LOW, **_idem("order-1"))
+        time.sleep(2.1)
+        again = sdk.images.with_raw_response.generate(**LOW, **_idem("order-1"))
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.parse().data[0].b64_json == first.data[0].b64_json
+        assert settled(live, "acme")["settle"] == 11_025
+
+
 def test_the_same_key_with_another_body_is_a_409(metered):
     key = new_account(metered, "acme", "1")
     sdk = client(metered, key)

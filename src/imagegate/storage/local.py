@@ -58,9 +58,11 @@ class LocalStorage:
         self.ttl_seconds = ttl_seconds
         root.mkdir(parents=True, exist_ok=True)
 
-    async def put(self, data: bytes, fmt: str) -> StoredImage:
+    async def put(self, data: bytes, fmt: str, *, keep_at_least: int = 0) -> StoredImage:
+        """Store an image for ``ttl_seconds``, or ``keep_at_least`` seconds if longer (what an idempotent replay
+        needs it for)."""
         name = f"{secrets.token_hex(16)}.{fmt}"
-        expires_at = int(time.time()) + self.ttl_seconds
+        expires_at = int(time.time()) + max(self.ttl_seconds, keep_at_least)
         await asyncio.to_thread(self._write, name, data, expires_at)
         return StoredImage(name, expires_at)
 
