@@ -101,7 +101,8 @@ class StreamRenderer:
         return {
             "b64_json": image.base64() if hasattr(image, "base64") else base64.b64encode(image).decode("ascii"),
             "created_at": int(time.time()),
-            "size": str(job.size),
+            # What was produced, as the non-stream answer says (a completed image knows it; a partial is bytes).
+            "size": str(getattr(image, "size", None) or job.size),
             "quality": job.quality,
             "background": job.background,
             "output_format": job.output_format,
