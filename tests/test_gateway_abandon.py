@@ -87,6 +87,9 @@ class SlowToSettle:
         self.release = asyncio.Event()
         self.settled = False
 
+    def keep_images_for(self, ticket) -> int:
+        return 0
+
     async def settle(self, ticket, result, error, *, engine, cancelled=False):
         self.settling.set()
         await self.release.wait()

@@ -260,12 +260,7 @@ class Gateway:
             _log_kept(run, "left after its run ended, before its answer was delivered")
 
     async def _store(self, run: Run, delivered: DeliveredImage) -> None:
-        keep = 0
-        if run.ticket is not None and run.ticket.idempotency is not None and self.billing is not None \
-                and self.billing.store is not None:
-            # A retry under the same Idempotency-Key replays these images for as long as the key is remembered,
-            # however short-lived the operator makes image links: it must not find them gone and pay again.
-            keep = int(self.billing.store.idempotency_ttl)
+        keep = self.billing.keep_images_for(run.ticket) if self.billing is not None and run.ticket is not None else 0
         delivered.stored = await self.storage.put(delivered.data, delivered.format, keep_at_least=keep)
         run._emit(Stored(delivered.index, delivered.stored))
 

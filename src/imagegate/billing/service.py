@@ -204,6 +204,14 @@ class Billing:
             if entry[1] == 0:
                 del self._claim_locks[slot]
 
+    def keep_images_for(self, ticket: Ticket) -> int:
+        """Seconds a request's stored images must live at least: a retry under its Idempotency-Key replays them for
+        as long as the key is remembered, however short-lived the operator makes image links (it must not find
+        them gone and pay again)."""
+        if ticket.idempotency is None or self.store is None:
+            return 0
+        return int(self.store.idempotency_ttl)
+
     async def abort(self, ticket: Ticket) -> None:
         """The request was reserved but no engine started: give everything back."""
         if ticket.settlement is not None or self.store is None:
