@@ -533,3 +533,49 @@ def test_an_upstreams_queue_shows_in_a_chat_stream(faults, tmp_path):
         text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
         assert "> 🕐 Queuing\n\n" in text and "None" not in text  # queued upstream, at no position we know
         assert text.index("Queuing") < text.index("Generating")
+
+
+def _chat_channel(faults):
+    return channel("chat", faults.base_url, ["gpt-4o-image"], type="chat-image", max_n=4)
+
+
+def test_a_chat_upstreams_image_that_cannot_be_fetched_is_left_out_not_the_answer(faults, tmp_path):
+    """Fewer images than asked is an answer (seed 001): one whose download fails does not lose the others."""
+    dead = "http://127.0.0.1:9/gone.png"  # the channel's own host, nothing listening
+    faults.default = Reply(200, _chat_answer("> ✅ Generation complete\n\n", f"![gen_1]({dead})\n\n",
+                                             f"![gen_2]({faults.image_url})"), {"content-type": "text/event-stream"})
+    with _fronting(tmp_path, _chat_channel(faults)) as client:
+        result = client.images.generate(model="gpt-4o-image", prompt="two cats", size="1024x1024", n=2)
+        assert len(result.data) == 1 and decode_b64(result.data[0].b64_json).size == (1024, 1024)
+        faults.default = Reply(200, _chat_answer("> ✅ Generation complete\n\n", f"![gen_1]({dead})"),
+                               {"content-type": "text/event-stream"})
+        with pytest.raises(openai.APIStatusError) as exc:  # none could be fetched: the request fails
+            client.images.generate(model="gpt-4o-image", prompt="a cat", size="1024x1024")
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
+
+
+def test_a_chat_upstream_that_answers_plain_json_is_read(faults, tmp_path):
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant",
+                                                   "content": f"> ✅ Generation complete\n\n![gen_1]({faults.image_url})"}}]}
+    faults.default = Reply(200, json.dumps(answer).encode())  # stream=true ignored
+    with _fronting(tmp_path, _chat_channel(faults)) as client:
+        result = client.images.generate(model="gpt-4o-image", prompt="a cat", size="1024x1024")
+        assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+        faults.default = Reply(200, json.dumps({"error": {"message": "Your prompt was flagged.", "type": "upstream_error",
+                                                          "code": "input_moderation"}}).encode())
+        with pytest.raises(openai.BadRequestError) as exc:  # a refusal, as seeds 000/002 show it: the client's 400
+            client.images.generate(model="gpt-4o-image", prompt="a cat", size="1024x1024")
+        assert exc.value.body["code"] == "input_moderation"
+
+
+def test_words_in_the_prompt_are_not_read_as_the_upstreams_progress(faults, tmp_path):
+    prompt = "a poster saying Progress 80 percent"
+    echo = json.dumps({"prompt": f"{prompt}\n1:1", "ratio": "1:1"}, ensure_ascii=False)
+    faults.default = Reply(200, _chat_answer(echo + "\n\n", "> 🏃 Progreso 11....", "64....\n\n",
+                                             "> ✅ Generation complete\n\n", f"![gen_1]({faults.image_url})"),
+                           {"content-type": "text/event-stream"})
+    with _fronting(tmp_path, _chat_channel(faults)) as client:
+        streamed = client.chat.completions.create(model="gpt-4o-image", stream=True,
+                                                  messages=[{"role": "user", "content": prompt}])
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert "Progress 11 64 100" in text  # the upstream's own line (in Spanish), not the 80 of the prompt

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from typing import AsyncIterator
 
@@ -27,9 +28,14 @@ from imagegate.engines.upstream import (
     usage_from,
 )
 from imagegate.errors import UpstreamError
+from imagegate.fetch import TooLarge, read_body
+
+log = logging.getLogger("imagegate.relay")
 
 MAX_ANSWER_CHARS = 1_000_000  # a chat answer with a few links; more is not an image answer
-_IMAGE_LINK_RE = re.compile(r"!\[[^\]]*\]\((https?://[^)\s]+)\)")
+# ![alt](url), ![alt](<url>) and ![alt](url "title"); the alt may hold [brackets] and the URL (parentheses).
+_IMAGE_LINK_RE = re.compile(
+    r"!\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?(https?://(?:[^()\s<>]|\([^()\s<>]*\))+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
 
 
@@ -57,9 +63,10 @@ class ChatImageEngine(RelayEngine):
         body = self._body(job)
         request = UpstreamRequest("POST", f"{channel.base_url.rstrip('/')}/chat/completions", headers, json_body=body)
         text = ""
+        sent = body["messages"][0]["content"][0]["text"]
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
-            async for data in sse_data(response):
+            async for data in _answer_data(response):
                 if data.strip() == "[DONE]":
                     break
                 try:
@@ -79,31 +86,56 @@ class ChatImageEngine(RelayEngine):
                         f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
                         code="upstream_bad_response", failure_policy=channel.failure_policy,
                     )
-                percent = _latest_percent(text)
-                if "Queuing" in text and "Generating" not in text and last_percent == 0:
+                status = _past_prompt(text, sent)
+                percent = _latest_percent(status)
+                queued = "🕐" in status or "Queuing" in status
+                if queued and "⚡" not in status and "Generating" not in status and last_percent == 0:
                     yield Progress(0, "queued")
                 elif percent is not None and percent > last_percent:
                     last_percent = percent
                     yield Progress(min(percent, 99))
-        urls = image_links(text, sent=body["messages"][0]["content"][0]["text"])
+        urls = image_links(text, sent=sent)
         if not urls:
+            said = _past_prompt(text, sent).strip()[-300:]
             raise UpstreamError(
-                f"The upstream '{channel.name}' finished without an image.",
+                f"The upstream '{channel.name}' finished without an image" + (f": {said}" if said else "."),
                 code="upstream_no_image", failure_policy=channel.failure_policy,
             )
         delivered = 0
+        failed: UpstreamError | None = None
         for index, url in enumerate(urls[: job.n]):
             try:
                 data_bytes, fmt, size = await self.fetch_image(url, job)
             except (ValueError, aiohttp.ClientError, OSError) as exc:
-                raise UpstreamError(
+                # Fewer images than asked is an answer (seed 001), paid for what it holds: one that cannot be
+                # fetched is left out, and the request fails only if none could be.
+                log.warning("upstream %s: image %d of %d could not be fetched: %s", channel.name, index + 1,
+                            min(len(urls), job.n), exc)
+                failed = failed or UpstreamError(
                     f"Downloading image {index} from the upstream '{channel.name}' failed: {exc}.",
                     code="upstream_bad_response", failure_policy=channel.failure_policy,
-                ) from None
+                )
+                continue
+            yield ImageDone(delivered, data_bytes, fmt, size)
             delivered += 1
-            yield ImageDone(index, data_bytes, fmt, size)
+        if failed is not None and not delivered:
+            raise failed
         yield Progress(100, "finishing")
         yield JobDone(usage_from(None, job, delivered))
+
+
+async def _answer_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The answer's payloads: an SSE stream's data, or, from an upstream that answers plain JSON whatever
+    ``stream`` said (a whole completion, or an error), that body as one."""
+    if response.content_type != "application/json":
+        async for data in sse_data(response):
+            yield data
+        return
+    try:
+        body = await read_body(response, 4 * MAX_ANSWER_CHARS)
+    except TooLarge:
+        body = b"{}"  # no image answer is that long: read as one with no image
+    yield body.decode("utf-8", "replace")
 
 
 def image_links(text: str, *, sent: str) -> list[str]:
@@ -115,12 +147,20 @@ def image_links(text: str, *, sent: str) -> list[str]:
     return [url for url in _IMAGE_LINK_RE.findall(tail) if url not in sent]
 
 
+def _past_prompt(text: str, sent: str) -> str:
+    """The answer past its echo of our prompt, where its status lines are (words in the prompt are not)."""
+    echoed = json.dumps(sent, ensure_ascii=False)[1:-1]
+    at = text.find(echoed) if echoed else -1
+    return text[at + len(echoed):] if at >= 0 else text
+
+
 def _latest_percent(text: str) -> int | None:
-    """The last progress number in lines like ``🏃 Progress 11....19....27...[100](...)``."""
-    start = text.rfind("Progress")
+    """The last progress number in lines like ``🏃 Progress 11....19....27...[100](...)`` (the runner marks the
+    line in every language; the word may be translated)."""
+    start = max(text.rfind("🏃"), text.rfind("Progress"))
     if start < 0:
         return None
-    numbers = [int(n) for n in _NUMBER_RE.findall(text[start + len("Progress"):]) if int(n) <= 100]
+    numbers = [int(n) for n in _NUMBER_RE.findall(text[start:]) if int(n) <= 100]
     if not numbers:
         tail = re.findall(r"\[(\d{1,3})\]", text[start:])
         numbers = [int(n) for n in tail]
