@@ -36,11 +36,18 @@ def _spec() -> dict[str, Any]:
 
 
 def _relax(schema: dict[str, Any], relax: tuple[str, ...]) -> dict[str, Any]:
-    """Drop the enums of the named properties (the published spec has not widened `size` for gpt-image-2)."""
+    """Drop the enums of the named properties (the published spec has not widened `size` for gpt-image-2), and
+    read OpenAPI 3.0's ``nullable: true`` as JSON Schema says it (a null is allowed), which jsonschema does not."""
     schema = copy.deepcopy(schema)
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
+            if node.get("nullable") is True and isinstance(node.get("type"), str):
+                node["type"] = [node["type"], "null"]
+                if isinstance(node.get("enum"), list) and None not in node["enum"]:
+                    node["enum"] = [*node["enum"], None]
+            elif node.get("nullable") is True and "$ref" in node:
+                node["anyOf"] = [{"$ref": node.pop("$ref")}, {"type": "null"}]
             for name, prop in node.get("properties", {}).items():
                 if name in relax and isinstance(prop, dict):
                     prop.pop("enum", None)

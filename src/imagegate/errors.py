@@ -92,6 +92,15 @@ class ModerationBlocked(ImagegateError):
     code = "moderation_blocked"
 
 
+# Refusals of a request's content, by code: OpenAI's, and the reverse interfaces' (seeds 000 and 002).
+REFUSAL_CODES = frozenset({"moderation_blocked", "input_moderation", "output_moderation", "content_policy_violation"})
+
+
+def is_refusal(exc: ImagegateError) -> bool:
+    """Whether ``exc`` refuses what was asked (a moderation block, ours or an upstream's), rather than failing."""
+    return isinstance(exc, ModerationBlocked) or (exc.status == 400 and exc.code in REFUSAL_CODES)
+
+
 class AuthenticationFailed(ImagegateError):
     status = 401
     type = "invalid_request_error"

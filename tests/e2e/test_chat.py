@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
@@ -101,6 +102,15 @@ def test_a_stream_carries_usage_only_when_asked_as_openai_does(client):
     whole = client.chat.completions.with_raw_response.create(
         model="gpt-image-1", messages=[{"role": "user", "content": "x"}], extra_body={"quality": "low"})
     openapi.validate(whole.http_response.json(), "CreateChatCompletionResponse")  # the message's refusal: null
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-image-1", stream=True, messages=[{"role": "user", "content": "a lighthouse"}],
+        stream_options={"include_usage": True}, extra_body={"quality": "low"})
+    sent = [json.loads(line[6:]) for line in raw.http_response.read().decode().splitlines()
+            if line.startswith("data: {")]
+    for chunk in sent:
+        openapi.validate(chunk, "CreateChatCompletionStreamResponse")
+    # "usage": null on every chunk but the last, as the spec says of include_usage.
+    assert [c["usage"] is None for c in sent] == [True] * (len(sent) - 1) + [False]
 
 
 def test_image_url_reference_makes_it_an_edit(client):
@@ -147,6 +157,18 @@ def test_follow_up_edits_our_image_not_a_link_the_user_typed(client, prompt):
     ])
     url = LINK_RE.findall(second.choices[0].message.content)[0][1]
     assert decode(httpx.get(url).content).size == (1024, 1536)  # the image we made, not the typed link
+
+
+def test_a_follow_up_finds_the_image_in_an_answer_sent_back_as_text_parts(client):
+    first = client.chat.completions.create(model="gpt-4o-image", messages=[{"role": "user", "content": "a red car, 2:3"}])
+    parts = [{"type": "text", "text": first.choices[0].message.content}]  # as many chat clients send history
+    second = client.chat.completions.create(model="gpt-4o-image", messages=[
+        {"role": "user", "content": "a red car, 2:3"},
+        {"role": "assistant", "content": parts},
+        {"role": "user", "content": "make it bluer"},
+    ])
+    url = LINK_RE.findall(second.choices[0].message.content)[0][1]
+    assert decode(httpx.get(url).content).size == (1024, 1536)  # an edit of the previous image, not a new square
 
 
 def test_a_follow_up_with_a_model_that_cannot_edit_draws_anew(client):

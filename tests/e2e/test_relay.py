@@ -579,3 +579,33 @@ def test_words_in_the_prompt_are_not_read_as_the_upstreams_progress(faults, tmp_
                                                   messages=[{"role": "user", "content": prompt}])
         text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
         assert "Progress 11 64 100" in text  # the upstream's own line (in Spanish), not the 80 of the prompt
+
+
+def test_a_chat_stream_that_fails_says_so_in_the_conversation(faults, tmp_path):
+    """A chat window shows content, not error events: a failure after the stream began is written into the
+    message (the SDK still raises on the error event that follows)."""
+    faults.default = Reply(200, _chat_answer("> 🏃 Progress 11....", "64....\n\n", "Sorry, something broke."),
+                           {"content-type": "text/event-stream"})
+    with _fronting(tmp_path, _chat_channel(faults)) as client:
+        text = ""
+        with pytest.raises(openai.APIError) as exc:
+            for chunk in client.chat.completions.create(model="gpt-4o-image", stream=True,
+                                                         messages=[{"role": "user", "content": "a cat"}]):
+                text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+        assert "Progress 11 64" in text and "> ❌ Generation failed: " in text and "Sorry, something broke." in text
+        assert "finished without an image" in exc.value.message
+
+
+def test_an_upstreams_refusal_is_a_refusal_in_chat(faults, tmp_path):
+    refusal = json.dumps({"error": {"message": "Your prompt was flagged.", "type": "upstream_error",
+                                    "code": "input_moderation"}})
+    faults.default = Reply(200, f"data: {refusal}\n\n".encode(), {"content-type": "text/event-stream"})
+    with _fronting(tmp_path, _chat_channel(faults)) as client:
+        whole = client.chat.completions.create(model="gpt-4o-image", messages=[{"role": "user", "content": "a cat"}])
+        assert whole.choices[0].finish_reason == "content_filter"
+        assert whole.choices[0].message.content == "⚠️ Your prompt was flagged."
+        chunks = list(client.chat.completions.create(model="gpt-4o-image", stream=True,
+                                                     messages=[{"role": "user", "content": "a cat"}]))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "⚠️ Your prompt was flagged." in text
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"

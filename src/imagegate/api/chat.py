@@ -23,7 +23,7 @@ from imagegate.api.references import OUR_LINK_RE, load_images
 from imagegate.api.wire import base_url, json_body, request_id
 from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
-from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked
+from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked, is_refusal
 from imagegate.gateway import Run, Stored
 from imagegate.validate import RawRequest, validate_request
 
@@ -94,7 +94,10 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
         for index in range(last_user - 1, -1, -1):
             message = messages[index]
             if isinstance(message, dict) and message.get("role") == "assistant":
-                text = message.get("content") if isinstance(message.get("content"), str) else ""
+                try:
+                    text, _ = _text_of(message.get("content"), f"messages[{index}]")  # a string, or text parts
+                except ImagegateError:
+                    text = ""  # an earlier message we cannot read is no image to edit
                 found = OUR_LINK_RE.search(_after_prompt_block(text))
                 if found:
                     refs = [(f"messages[{index}].content", found.group(0))]
@@ -116,29 +119,37 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
     return RawRequest("edit", fields, images=[("image", data) for data in images])
 
 
-def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any] | None, finish: str | None = None,
-           usage: dict[str, Any] | None = None) -> bytes:
-    """One chunk of a stream; ``delta`` None: the usage chunk (no choices) that ends a stream asked to include it."""
-    body: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    if usage is not None:
-        body["usage"] = usage
-    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+class _Chunks:
+    """The chunks of one streamed completion."""
 
+    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool) -> None:
+        self.completion_id = completion_id
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
 
-def _stream_end(completion_id: str, model: str, created: int, finish: str, usage: dict[str, int],
-                include_usage: bool) -> list[bytes]:
-    """The finishing chunk, then, as OpenAI does when ``stream_options.include_usage`` is set, a chunk with the
-    usage and no choices; then [DONE]."""
-    end = [_chunk(completion_id, model, created, {}, finish)]
-    if include_usage:
-        end.append(_chunk(completion_id, model, created, None, usage=usage))
-    return end + [b"data: [DONE]\n\n"]
+    def _encode(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
+        body: dict[str, Any] = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
+                                "model": self.model, "choices": choices}
+        if self.include_usage:
+            body["usage"] = usage  # null on every chunk but the last, as OpenAI's
+        return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+    def delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return self._encode([{"index": 0, "delta": delta, "finish_reason": finish}], None)
+
+    def say(self, text: str) -> bytes:
+        return self.delta({"content": text})
+
+    def end(self, finish: str, usage: dict[str, int], error: ImagegateError | None = None) -> list[bytes]:
+        """The finishing chunk, then, as OpenAI does when ``stream_options.include_usage`` is set, a chunk with the
+        usage and no choices; then (a failure) the error event the SDKs raise on; then [DONE]."""
+        end = [self.delta({}, finish)]
+        if self.include_usage:
+            end.append(self._encode([], usage))
+        if error is not None:
+            end.append(f"data: {json.dumps({'error': error.to_dict()}, ensure_ascii=False)}\n\n".encode())
+        return end + [b"data: [DONE]\n\n"]
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -169,7 +180,7 @@ def _image_markdown(request: Request, stored_images: list) -> str:
     return "".join(parts)
 
 
-def _blocked_text(exc: ModerationBlocked) -> str:
+def _blocked_text(exc: ImagegateError) -> str:
     return f"⚠️ {exc.message}"
 
 
@@ -192,29 +203,33 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
         raw, state.channels.catalog, max_input_pixels=state.settings.max_input_pixels,
         max_image_bytes=state.settings.max_image_bytes,
     )
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
+    chunks = _Chunks(f"chatcmpl-{uuid.uuid4().hex}", model_id, int(time.time()), _include_usage(body))
     try:
         image_request = await state.gateway.preflight(image_request, principal, endpoint="chat")
     except ModerationBlocked as exc:
         # A chat client shows assistant messages, not error envelopes: explain the refusal in the conversation.
-        return _refusal(completion_id, model_id, created, _blocked_text(exc), stream, _include_usage(body))
+        return _refusal(chunks, _blocked_text(exc), stream)
     run = await state.gateway.begin(image_request, principal, store=True, endpoint="chat")  # holds the cost first
     if stream:
         return StreamingResponse(
-            _stream(request, run, completion_id, model_id, created, _include_usage(body)),
+            _stream(request, run, chunks),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream_headers(run)},
         )
     try:
         await run.wait()
+    except ImagegateError as exc:
+        if not is_refusal(exc):
+            raise
+        # An upstream's refusal, as ours before the run: said in the conversation.
+        return _refusal(chunks, _blocked_text(exc), stream=False)
     except BaseException:
         run.abandon()
         raise
     stored = [img.stored for img in sorted(run.result.images, key=lambda i: i.index) if img.stored]
     content = _prompt_block(run) + _image_markdown(request, stored)
-    return JSONResponse(_completion(completion_id, model_id, created, content.strip(), "stop", _chat_usage(run)),
-                        headers=cost_headers(run))
+    return JSONResponse(_completion(chunks.completion_id, model_id, chunks.created, content.strip(), "stop",
+                                    _chat_usage(run)), headers=cost_headers(run))
 
 
 def _completion(completion_id: str, model: str, created: int, content: str, finish: str, usage: dict) -> dict:
@@ -231,28 +246,26 @@ def _completion(completion_id: str, model: str, created: int, content: str, fini
     }
 
 
-def _refusal(completion_id: str, model: str, created: int, text: str, stream: bool, include_usage: bool) -> Any:
+def _refusal(chunks: _Chunks, text: str, stream: bool) -> Any:
     if not stream:
-        return JSONResponse(_completion(completion_id, model, created, text, "content_filter", _chat_usage(None)))
+        return JSONResponse(_completion(chunks.completion_id, chunks.model, chunks.created, text, "content_filter",
+                                        _chat_usage(None)))
 
-    async def chunks() -> AsyncIterator[bytes]:
-        yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
-        yield _chunk(completion_id, model, created, {"content": text})
-        for chunk in _stream_end(completion_id, model, created, "content_filter", _chat_usage(None), include_usage):
+    async def body() -> AsyncIterator[bytes]:
+        yield chunks.delta({"role": "assistant", "content": ""})
+        yield chunks.say(text)
+        for chunk in chunks.end("content_filter", _chat_usage(None)):
             yield chunk
 
-    return StreamingResponse(chunks(), media_type="text/event-stream")
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
-async def _stream(
-    request: Request, run: Run, completion_id: str, model: str, created: int, include_usage: bool
-) -> AsyncIterator[bytes]:
-    def say(text: str) -> bytes:
-        return _chunk(completion_id, model, created, {"content": text})
-
+async def _stream(request: Request, run: Run, chunks: _Chunks) -> AsyncIterator[bytes]:
+    say = chunks.say
     stored: list = []
+    shown = False
     try:
-        yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
+        yield chunks.delta({"role": "assistant", "content": ""})
         yield say(_prompt_block(run))
         last_position: object = None
         queued = False
@@ -278,11 +291,23 @@ async def _stream(
         if last_percent < 100:
             yield say(" 100\n\n" if generating else "")
         yield say("> ✅ Generation complete\n\n")
+        shown = True
         yield say(_image_markdown(request, stored))
-        for chunk in _stream_end(completion_id, model, created, "stop", _chat_usage(run), include_usage):
+        for chunk in chunks.end("stop", _chat_usage(run)):
             yield chunk
     except ImagegateError as exc:
-        yield f"data: {json.dumps({'error': exc.to_dict()})}\n\n".encode()
+        # Said in the conversation, where a chat window shows it (an error event alone left the message cut off
+        # after its progress line), with any image already made, which is kept and may be paid for.
+        if stored and not shown:
+            yield say("\n\n" + _image_markdown(request, stored))
+        if is_refusal(exc):
+            yield say(f"\n\n{_blocked_text(exc)}")
+            for chunk in chunks.end("content_filter", _chat_usage(run)):
+                yield chunk
+        else:
+            yield say(f"\n\n> ❌ Generation failed: {exc.message}")
+            for chunk in chunks.end("stop", _chat_usage(run), error=exc):
+                yield chunk
     except BaseException:
         run.abandon()
         raise

@@ -30,7 +30,7 @@ from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
-from imagegate.errors import EngineTimeout, InvalidImage, UpstreamError
+from imagegate.errors import REFUSAL_CODES, EngineTimeout, InvalidImage, UpstreamError
 from imagegate.fetch import REDIRECTS, env_proxy, public_connector, public_host, read_body
 
 if TYPE_CHECKING:
@@ -215,10 +215,6 @@ def _quota_exhausted(channel: str) -> UpstreamError:
     )
 
 
-# Refusals by code: OpenAI's, and the reverse interfaces' (seeds 000 and 002: "input_moderation").
-_REFUSAL_CODES = frozenset({"moderation_blocked", "input_moderation", "output_moderation", "content_policy_violation"})
-
-
 def stream_error(err: Any, channel: str, failure_policy: str) -> UpstreamError:
     """An ``error`` inside a 200 answer (a stream's error event, or a relay's JSON body holding only an error):
     the work may have started, so the channel's policy applies. A refusal of the request itself (a moderation
@@ -227,7 +223,7 @@ def stream_error(err: Any, channel: str, failure_policy: str) -> UpstreamError:
         err = {"message": str(err)}
     if _out_of_quota(err):
         return _quota_exhausted(channel)
-    refused = err.get("code") in _REFUSAL_CODES or err.get("type") in _REFUSAL_TYPES
+    refused = err.get("code") in REFUSAL_CODES or err.get("type") in _REFUSAL_TYPES
     return UpstreamError(
         str(err.get("message") or f"The upstream '{channel}' reported an error mid-stream.")[:2000],
         status=400 if refused else 502,
