@@ -101,11 +101,15 @@ def start_server(data_dir: Path, **overrides) -> LiveServer:
         "data_dir": data_dir,
         "api_keys": (TEST_KEY,),
         "sandbox_latency_ms": 0,
+        "shutdown_grace_seconds": 0,  # tests stop servers with work left on purpose; those that test it set it
     }
     values.update(overrides)
     settings = Settings(**values)
     app = create_app(settings)
-    config = uvicorn.Config(app, **uvicorn_options(host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    graceful = {"timeout_graceful_shutdown": overrides["shutdown_grace_seconds"]} \
+        if "shutdown_grace_seconds" in overrides else {}  # as `serve` does; otherwise stop waits for connections
+    config = uvicorn.Config(app, **uvicorn_options(host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                                   **graceful))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -134,7 +134,9 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await gateway.aclose()  # cancelled runs settle (refund) before the database closes
+            # Runs whose clients left finish (and keep their images) first; cancelled ones settle (refund) before
+            # the database closes.
+            await gateway.aclose(grace=settings.shutdown_grace_seconds)
             await billing.aclose()  # and settlements still being retried get a last try
             if billing_runtime is not None:
                 await billing_runtime.stop()

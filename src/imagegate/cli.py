@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"imagegate serving on http://{settings.host}:{settings.port}/v1 (data in {settings.data_dir}{workers})",
           flush=True)
     common = uvicorn_options(host=settings.host, port=settings.port, log_level=settings.log_level,
-                             timeout_graceful_shutdown=30)
+                             timeout_graceful_shutdown=settings.shutdown_grace_seconds)
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return 0

@@ -118,6 +118,9 @@ class Settings(BaseModel):
     moderation_api_key: str = ""
     moderation_model: str = "omni-moderation-latest"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # On SIGTERM: how long requests in flight, then runs whose clients left, get to finish before they are cut
+    # off (each stage; keep the orchestrator's stop timeout above twice this).
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Accounts, keys and the ledger. auto: on when database_url or admin_token is set, or the data dir already
     # holds imagegate.db (`imagegate accounts create` makes it); off: static keys only, no database.
     metering: Literal["auto", "on", "off"] = "auto"

@@ -323,8 +323,14 @@ class Gateway:
         if cancelled:
             raise asyncio.CancelledError
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace: float = 0.0) -> None:
+        """Let runs still going (their clients gone, or answers still being written) finish for up to ``grace``
+        seconds, keeping their images; then cancel the rest, which are refunded."""
+        if self._tasks and grace > 0:
+            log.info("waiting up to %gs for %d run(s) to finish", grace, len(self._tasks))
+            await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
+            log.warning("request %s: cut off by the shutdown", task.get_name().removeprefix("run-"))
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # A run cancelled while it was already settling left its charge being committed, and a client that left

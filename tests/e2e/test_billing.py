@@ -246,6 +246,30 @@ def test_a_client_that_leaves_is_charged_once_for_the_delivered_image(backend, t
             assert image.size == (1024, 1024)
 
 
+def test_a_shutdown_lets_a_run_whose_client_left_finish_and_charge(backend, tmp_path, capsys):  # noqa: F811
+    """SIGTERM while a stream's client has gone: its run is no handler's, yet it is paid work; within
+    shutdown_grace_seconds it finishes, keeps its image and is charged (it was cancelled and refunded at once)."""
+    with metered_server(backend, tmp_path, sandbox_latency_ms=1500, shutdown_grace_seconds=20) as live:
+        key = new_account(live, "acme", "1")
+        with httpx.stream("POST", f"{live.base_url}/images/generations", headers={"Authorization": f"Bearer {key}"},
+                          json={**LOW, "stream": True, "partial_images": 1}, timeout=30) as answer:
+            for line in answer.iter_lines():
+                if "partial_image" in line:
+                    break  # and go
+        live.stop()
+        assert not live.thread.is_alive()
+        from imagegate.cli import main
+
+        capsys.readouterr()
+        assert main(["usage", "--json", "--data-dir", str(live.settings.data_dir), "--database-url",
+                     live.settings.database_url]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        assert (row["status"], row["n_delivered"], row["cost_micro"]) == ("ok", 1, row["quote_micro"])
+    (kept,) = live.settings.images_dir.glob("*.png")
+    with Image.open(kept) as image:
+        assert image.size == (1024, 1024)
+
+
 def test_the_request_id_a_client_sees_finds_its_usage_row(metered):
     key = new_account(metered, "acme", "1")
     image = client(metered, key).images.with_raw_response.generate(**LOW)

@@ -444,3 +444,26 @@ def test_no_response_is_ever_fastapi_detail(http, stored_image):
         assert set(body) == {"error"}, (method, path, body)
         openapi.validate(body, "ErrorResponse")
         assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_a_request_cut_off_by_the_shutdown_is_a_503_to_retry_with_its_id(tmp_path, caplog):
+    """Past the shutdown's grace, a request still waiting for its image is answered in the OpenAI envelope, and
+    the cut-off is logged with the id the client got (it was uvicorn's bare 500, and a log line with no id)."""
+    import threading
+
+    live = start_server(tmp_path, sandbox_latency_ms=5000, shutdown_grace_seconds=0.5)
+    answers: list[httpx.Response] = []
+
+    def ask() -> None:
+        answers.append(httpx.post(f"{live.base_url}/images/generations", headers=AUTH, timeout=30,
+                                  json={"model": "gpt-image-1", "prompt": PROMPT, "size": "1024x1024", "quality": "low"}))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    time.sleep(0.5)
+    live.stop()
+    asking.join(30)
+    (answer,) = answers
+    error = assert_envelope(answer, 503, code="server_shutting_down", type="server_error")
+    assert "retry" in error["message"] and answer.headers["retry-after"] == "1"
+    assert f"request {answer.headers['x-request-id']} (POST /v1/images/generations) cut off by the shutdown" in caplog.text

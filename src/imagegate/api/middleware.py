@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imagegate.errors import PayloadTooLarge, ServerError
+from imagegate.errors import ImagegateError, PayloadTooLarge, ServerError
 
 log = logging.getLogger("imagegate.api")
 
@@ -36,6 +37,22 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server cut the request off: its shutdown's grace ran out. Logged with the id the client has,
+            # and answered, if nothing was sent yet, as a 503 to retry elsewhere (not the server's bare 500).
+            log.warning("request %s (%s %s) cut off by the shutdown", request_id, scope.get("method"), scope.get("path"))
+            if not started:
+                error = ImagegateError("The server is shutting down; retry the request.", status=503,
+                                       type="server_error", code="server_shutting_down")
+                body = json.dumps({"error": error.to_dict()}).encode()
+                try:
+                    await send_with_id({"type": "http.response.start", "status": 503, "headers": [
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", b"1"), (b"connection", b"close")]})
+                    await send_with_id({"type": "http.response.body", "body": body})
+                except Exception:  # the connection is going too
+                    pass
+            raise
         except Exception:
             # Starlette's own 500 handler sits outside every middleware and would answer without our request id.
             log.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), request_id)
