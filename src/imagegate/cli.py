@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from imagegate.config import metering_enabled
     from imagegate.keyfile import KEY_FILE, ensure_api_keys
-    from imagegate.serving import WORKER_ENV, check_in_subprocess, configure_logging, uvicorn_options
+    from imagegate.serving import WORKER_ENV, check_in_subprocess, configure_logging, run_workers, uvicorn_options
 
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "workers": args.workers}
     try:
@@ -61,8 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         "config": str(args.config) if args.config else None,
         "overrides": {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items() if v is not None},
     })
-    uvicorn.run("imagegate.serving:worker_app", factory=True, workers=settings.workers, **common)
-    return 0
+    return run_workers(settings.workers, **common)
 
 
 def _client_args(parser: argparse.ArgumentParser) -> None:

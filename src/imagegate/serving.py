@@ -109,6 +109,26 @@ def check_in_subprocess(settings: Settings) -> str:
     return problem
 
 
+def run_workers(workers: int, **options: Any) -> int:
+    """`serve --workers N`: uvicorn's supervisor, and an exit status that says how it stopped. When a worker
+    fails to start (one restarted while the database is away, say) the supervisor stops them all and returns as
+    after a signal: the server exited 0, and `Restart=on-failure` never brought it back."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("imagegate.serving:worker_app", factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    try:
+        supervisor.run()
+    except KeyboardInterrupt:  # pragma: no cover - the supervisor handles SIGINT itself
+        pass
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        logging.getLogger("imagegate").error("a worker failed to start: every worker was stopped")
+        return STARTUP_FAILURE
+    return 0
+
+
 def worker_app() -> Any:
     """The app of one `serve --workers N` process (uvicorn's factory): settings read as the parent read them."""
     from imagegate.app import create_app

@@ -84,6 +84,15 @@ def test_a_bad_setting_stops_the_workers_before_they_start(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "no-such-model" in done.stderr
 
 
+def test_workers_that_cannot_start_stop_the_server_with_a_failing_status(tmp_path):
+    """The start-up check passes (the app builds), the workers then fail to start (their database is away): the
+    supervisor stops them all, and says so in its exit status, for systemd's Restart=on-failure to act on."""
+    done = run_cli("serve", "--workers", "2", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
+                   env={"IMAGEGATE_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}, timeout=90)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "a worker failed to start: every worker was stopped" in done.stderr
+
+
 @pytest.mark.parametrize("workers", ["0", "65"])
 def test_worker_count_is_checked(tmp_path, workers):
     done = run_cli("serve", "--workers", workers, "--data-dir", str(tmp_path), timeout=60)
