@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
-from imagegate.config import Settings
+from imagegate.config import ConfigError, Settings
+from imagegate.durable import create_once
 
 KEY_FILE = "api_key.txt"
 
@@ -19,15 +19,18 @@ def ensure_api_keys(settings: Settings) -> tuple[tuple[str, ...], str | None]:
     made = existing_key(settings.data_dir)
     if made:
         return made, None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = "sk-ig-" + secrets.token_urlsafe(32)
-    fd = os.open(settings.data_dir / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    return (key,), key
+    kept = create_once(settings.data_dir / KEY_FILE, key + "\n").strip()
+    return (kept,), key if kept == key else None
 
 
 def existing_key(data_dir: Path) -> tuple[str, ...]:
     """The key made earlier in ``data_dir``, if one was."""
     path = data_dir / KEY_FILE
-    return (path.read_text().strip(),) if path.exists() else ()
+    if not path.exists():
+        return ()
+    key = path.read_text().strip()
+    if not key:
+        # A key no client can send: every request would be refused by a server that started fine.
+        raise ConfigError(f"{path} is empty: delete it for a new key to be made, or set api_keys")
+    return (key,)

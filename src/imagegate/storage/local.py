@@ -14,11 +14,12 @@ import os
 import re
 import secrets
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagegate.config import ConfigError
+from imagegate.durable import create_once
 from imagegate.errors import NotFound, PermissionDenied
 
 log = logging.getLogger("imagegate.storage")
@@ -119,19 +120,14 @@ class LocalStorage:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    # Written aside and linked into place: a process starting alongside sees the whole secret or none, and the
-    # loser of a race adopts the winner's (two secrets would reject each other's links).
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+    """The data dir's URL-signing secret, made on first start. One shorter than 32 bytes is refused: signed with
+    an empty or truncated key, links could be forged by anyone who knows an image's name."""
+    text = create_once(path, secrets.token_bytes(32).hex()).strip()
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret.hex())
-        os.link(temp, path)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    finally:
-        os.unlink(temp)
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise ConfigError(f"{path} is not a 32-byte hex secret (damaged?): delete it for a new one to be made; "
+                          "links signed before then stop working")
     return secret
