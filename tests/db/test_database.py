@@ -288,6 +288,29 @@ asyncio.run(main())
 """
 
 
+def test_dispose_ends_even_while_another_process_holds_the_lock_for_good(tmp_path, caplog):
+    """Shutdown must end: a writer stuck waiting for a lock another process never lets go is left behind after
+    the write timeout (it held the server's exit for as long as the lock was held)."""
+    url, lock_path = _sqlite(tmp_path)
+
+    async def main():
+        db = Database(url, write_timeout=0.5)
+        await db.upgrade()
+        fd = os.open(lock_path, os.O_RDONLY)  # as good as another process: flock is per open file
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                await db.run_write(_insert_account, "given up")
+            started = time.monotonic()
+            await asyncio.wait_for(db.dispose(), 10)
+            return time.monotonic() - started
+        finally:
+            os.close(fd)
+
+    assert asyncio.run(main()) < 5
+    assert "the database writer still waits for its turn" in caplog.text
+
+
 def test_processes_sharing_the_database_settle_exactly(database_url):
     """Server processes (``serve --workers``) on one database, each with eight requests in flight at a time: every
     hold and settlement lands, none fails on a locked database, and the books balance to the micro-dollar."""

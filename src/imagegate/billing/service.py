@@ -441,5 +441,7 @@ class BillingRuntime:
                 pass
         try:
             await self.store.unregister()
+        except Exception as exc:  # the database is away or locked: the row goes stale and is reconciled
+            log.warning("could not unregister this server on the way out: %s", exc)
         finally:
             await self.store.db.dispose()

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
 import os
+import queue
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,7 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_HEAD = "0003"
 # Any number, the same in every process: serialises concurrent `upgrade` runs against one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x1A6E6A7E
+log = logging.getLogger("imagegate.db")
 _SQLITE_READERS = 4
 # Errors of a database that is away or busy, by the driver's own code: sqlite3 raises OperationalError for a missing
 # table as for a locked file, and asyncpg's errors all reach SQLAlchemy as plain DBAPIError.
@@ -282,6 +285,38 @@ def _settle_future(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
             future.set_exception(outcome[1])
 
 
+class _WriterThread:
+    """One daemon thread running what is submitted, in order: a one-thread ThreadPoolExecutor, save that shutdown
+    can leave it behind. It may be stuck in flock() on a lock another process holds for good; an executor's
+    thread would then hold up the server's exit forever (the interpreter joins it)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T]":
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            fn, future = item
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Let what is queued run, for up to ``timeout`` seconds; whether the thread has ended."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 class _SqliteThreads:
     """A sync engine on the SQLite file, with its one writer thread and its reader threads."""
 
@@ -291,7 +326,7 @@ class _SqliteThreads:
                                        pool_size=_SQLITE_READERS + 1, max_overflow=0)
         _sqlite_setup(self.engine)
         self._writer = self.engine.execution_options(imagegate_write=True)
-        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="imagegate-db-write")
+        self._write_thread = _WriterThread("imagegate-db-write")
         self._read_threads = ThreadPoolExecutor(_SQLITE_READERS, thread_name_prefix="imagegate-db-read")
         self._lock_path = lock_path
         self.write_timeout = write_timeout
@@ -466,8 +501,15 @@ class _SqliteThreads:
             job.cancel()  # still queued (the block was cancelled while waiting): never run it
 
     def close(self) -> None:
-        """Let running and queued work finish, end the threads, close the connections and the lock file."""
-        self._write_thread.shutdown()
+        """Let running and queued work finish, end the threads, close the connections and the lock file. A writer
+        still waiting for its turn after ``write_timeout`` (another process holds the lock) is left behind, and
+        what it waited to write is lost to this process: shutdown must end."""
+        if not self._write_thread.shutdown(self.write_timeout):
+            log.error("the database writer still waits for its turn after %g s (another process holds %s); "
+                      "closing without it", self.write_timeout, self._lock_path)
+            self._read_threads.shutdown()
+            self.engine.dispose()
+            return
         self._read_threads.shutdown()
         if self._conn is not None:
             self._conn.close()
