@@ -35,3 +35,44 @@ def test_a_larger_limit_admits_waiters_at_once_in_order_and_a_smaller_one_as_job
         assert order == ["first", "a", "b", "c"] and limiter.active == 1 and positions["c"][-1] == 1
 
     asyncio.run(main())
+
+
+def test_a_waiter_that_leaves_moves_those_behind_it_up_and_a_long_queue_drains_in_order():
+    async def main():
+        limiter = FifoLimiter(1)
+        await _take(limiter, [], "running", [])
+        positions = {i: [] for i in range(200)}
+        order: list[str] = []
+        waiters = [asyncio.create_task(_take(limiter, positions[i], str(i), order)) for i in range(200)]
+        await asyncio.sleep(0)
+        assert [positions[i][-1] for i in (0, 1, 49, 199)] == [1, 2, 50, 200]
+        waiters[0].cancel()  # the first in line gives up: everyone behind moves up one place
+        for _ in range(3):  # its cancellation runs, then those it woke
+            await asyncio.sleep(0)
+        assert positions[1][-1] == 1 and positions[49][-1] == 49 and limiter.waiting == 199
+        # Far back, a waiter hears its place every 25th move (it is told every move near the front).
+        assert positions[199][-1] == 200 and positions[174][-1] == 175
+        for _ in range(200):
+            limiter.release()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        await asyncio.gather(*waiters[1:])
+        assert order == [str(i) for i in range(1, 200)]
+        assert positions[199][-3:] == [3, 2, 1]  # every move heard once near the front
+        assert all(b < a for i in range(1, 200) for a, b in zip(positions[i], positions[i][1:]))
+
+    asyncio.run(main())
+
+
+def test_a_waiter_cancelled_after_its_grant_gives_its_slot_back():
+    async def main():
+        limiter = FifoLimiter(1)
+        await _take(limiter, [], "running", [])
+        waiter = asyncio.create_task(_take(limiter, [], "next", []))
+        await asyncio.sleep(0)
+        limiter.release()  # granted, but cancelled before it runs on
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert limiter.active == 0 and limiter.waiting == 0
+
+    asyncio.run(main())
