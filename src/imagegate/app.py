@@ -61,7 +61,7 @@ def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):
         raise PriceBookError(f"prices: {problems[0]}{more}")
     store = BillingStore(
         Database(resolve_url(settings.database_url, settings.data_dir),
-                 write_timeout=settings.database_write_timeout_seconds),
+                 write_timeout=settings.database_write_timeout_seconds, pool_size=settings.database_pool_size),
         hold_ttl_seconds=settings.hold_ttl_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         stale_after_seconds=max(3 * settings.heartbeat_interval_seconds, 30.0),

@@ -128,6 +128,7 @@ class Settings(BaseModel):
     # SQLite: how long a write waits for its turn (held by another worker, the CLI, a hung process) before the
     # request gets 503 database_unavailable.
     database_write_timeout_seconds: float = Field(WRITE_TIMEOUT_S, gt=0, le=3600)
+    database_pool_size: int = Field(10, ge=1, le=500)  # PostgreSQL connections per server process (x2 at a peak)
     admin_token: str = ""  # guards /admin; empty: the admin API is off
     price_file: Path | None = None  # overrides the shipped price book (billing/prices.toml)
     hold_ttl_seconds: int = Field(3600, ge=60)  # a hold whose server stops heart-beating is released after this

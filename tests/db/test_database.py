@@ -418,3 +418,23 @@ def test_a_write_that_has_begun_is_waited_for_past_the_write_timeout(tmp_path):
             return await db.run_read(_names)
 
     assert asyncio.run(main()) == ["slow"]
+
+
+def test_postgresql_pools_are_sized_by_the_setting_and_statements_cannot_hang(database_url):
+    """With `--workers N` every process has its pool: its size is the operator's to fit max_connections."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's pool")
+
+    async def main():
+        db = Database(database_url, write_timeout=0.5, pool_size=3)
+        try:
+            assert db.engine.pool.size() == 3
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):  # a statement that does not answer (a silent network, say)
+                async with db.engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT pg_sleep(10)"))
+            assert time.monotonic() - started < 5
+        finally:
+            await db.dispose()
+
+    asyncio.run(main())

@@ -111,7 +111,7 @@ def resolve_url(database_url: str, data_dir: Path) -> str:
 
 
 class Database:
-    def __init__(self, url: str, *, write_timeout: float = WRITE_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, write_timeout: float = WRITE_TIMEOUT_S, pool_size: int = 10) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -128,7 +128,11 @@ class Database:
             self._sqlite = _SqliteThreads(parsed.set(drivername="sqlite+pysqlite"), f"{database}{LOCK_SUFFIX}",
                                           write_timeout)
         else:
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=60)
+            # pool_size connections per server process, as many again at a peak: with `--workers N`, N times that
+            # (PostgreSQL's max_connections is 100 by default). No statement waits for ever on a silent network.
+            connect_args = {"command_timeout": write_timeout} if parsed.get_driver_name() == "asyncpg" else {}
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                                              pool_timeout=60, connect_args=connect_args)
         self._writer = self.engine.execution_options(imagegate_write=True)
 
     async def run_write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
