@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
+import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
-from imagegate.db import LOCK_SUFFIX, Database, no_turn_to_write, opened
+from imagegate.db import _PG_MIGRATION_LOCK, LOCK_SUFFIX, SCHEMA_HEAD, Database, no_turn_to_write, opened
 from imagegate.db.schema import accounts
 from tests.db.backends import fresh_url, open_store
 from tests.db.test_ledger import check_invariants
@@ -418,6 +420,33 @@ def test_a_write_that_has_begun_is_waited_for_past_the_write_timeout(tmp_path):
             return await db.run_read(_names)
 
     assert asyncio.run(main()) == ["slow"]
+
+
+def test_a_postgresql_migration_waits_past_the_statement_timeout_for_another_processes(tmp_path):
+    """Statements time out with the write timeout, but not a migration, nor the wait for another process's."""
+    if not os.environ.get("IMAGEGATE_TEST_DATABASE_URL"):
+        pytest.skip("IMAGEGATE_TEST_DATABASE_URL is not set")
+    url, drop = fresh_url("postgresql", tmp_path)
+
+    async def main():
+        other = sa_async.create_async_engine(url, poolclass=sa.pool.NullPool)
+        db = Database(url, write_timeout=0.3)
+        try:
+            async with other.begin() as conn:  # another process, migrating: it holds the lock for a while
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                waiting = asyncio.create_task(db.upgrade())
+                await asyncio.sleep(1.0)
+                assert not waiting.done()
+            await asyncio.wait_for(waiting, 60)
+            return await db.revision()
+        finally:
+            await db.dispose()
+            await other.dispose()
+
+    try:
+        assert asyncio.run(main()) == SCHEMA_HEAD
+    finally:
+        drop()
 
 
 def test_postgresql_pools_are_sized_by_the_setting_and_statements_cannot_hang(database_url):

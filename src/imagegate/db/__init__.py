@@ -43,6 +43,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from imagegate.config import DB_FILE, WRITE_TIMEOUT_S, ConfigError
 
@@ -180,7 +181,14 @@ class Database:
         if await self.revision() == SCHEMA_HEAD:
             return  # the usual start: read without taking the turn to write (a hung writer cannot stall it)
         if self._sqlite is None:
-            await self.run_write(_alembic_upgrade)
+            # Not on the pool, whose statements time out with the write timeout: a migration (an index on a big
+            # table), or the wait for another process's, takes as long as it takes.
+            patient = create_async_engine(self.url, poolclass=NullPool)
+            try:
+                async with patient.begin() as conn:
+                    await conn.run_sync(_alembic_upgrade)
+            finally:
+                await patient.dispose()
         else:
             # Another process may be migrating the same file: wait for it however long that takes (the write
             # timeout is for requests).
