@@ -20,7 +20,9 @@ import sqlalchemy.ext.asyncio as sa_async
 import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
-from imagegate.db import _PG_MIGRATION_LOCK, LOCK_SUFFIX, SCHEMA_HEAD, Database, no_turn_to_write, opened
+from imagegate.db import (
+    _PG_MIGRATION_LOCK, LOCK_SUFFIX, SCHEMA_HEAD, Database, is_transient, no_turn_to_write, opened,
+)
 from imagegate.db.schema import accounts
 from tests.db.backends import fresh_url, open_store
 from tests.db.test_ledger import check_invariants
@@ -459,10 +461,11 @@ def test_postgresql_pools_are_sized_by_the_setting_and_statements_cannot_hang(da
         try:
             assert db.engine.pool.size() == 3
             started = time.monotonic()
-            with pytest.raises(TimeoutError):  # a statement that does not answer (a silent network, say)
+            with pytest.raises(TimeoutError) as timed_out:  # a statement that does not answer (a silent network)
                 async with db.engine.connect() as conn:
                     await conn.execute(sa.text("SELECT pg_sleep(10)"))
             assert time.monotonic() - started < 5
+            assert is_transient(timed_out.value)  # a 503 database_unavailable, and settlements retry it
         finally:
             await db.dispose()
 

@@ -221,8 +221,11 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
     except ImagegateError as exc:
         if not is_refusal(exc):
             raise
-        # An upstream's refusal, as ours before the run: said in the conversation.
-        return _refusal(chunks, _blocked_text(exc), stream=False)
+        # An upstream's refusal, as ours before the run: said in the conversation, with any image it let through
+        # first (kept, and perhaps paid for).
+        made = [img.stored for img in sorted(run.result.images, key=lambda i: i.index) if img.stored]
+        shown = "\n\n" + _image_markdown(request, made).strip() if made else ""
+        return _refusal(chunks, _blocked_text(exc) + shown, stream=False)
     except BaseException:
         run.abandon()
         raise

@@ -39,16 +39,20 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:
             # The server cut the request off: its shutdown's grace ran out. Logged with the id the client has,
-            # and answered, if nothing was sent yet, as a 503 to retry elsewhere (not the server's bare 500).
+            # and answered, if nothing was sent yet, in the envelope (not the server's bare 500). Not to be retried
+            # blindly: a run already under way goes on (its client is gone) and is charged, so a plain retry would
+            # pay twice; one with the same Idempotency-Key gets the result.
             log.warning("request %s (%s %s) cut off by the shutdown", request_id, scope.get("method"), scope.get("path"))
             if not started:
-                error = ImagegateError("The server is shutting down; retry the request.", status=503,
-                                       type="server_error", code="server_shutting_down")
+                error = ImagegateError(
+                    "The server shut down before the answer was ready. Work already under way goes on, is charged "
+                    "and its images are kept: retry with the same Idempotency-Key to get them without paying again.",
+                    status=503, type="server_error", code="server_shutting_down")
                 body = json.dumps({"error": error.to_dict()}).encode()
                 try:
                     await send_with_id({"type": "http.response.start", "status": 503, "headers": [
                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", b"1"), (b"connection", b"close")]})
+                        (b"x-should-retry", b"false"), (b"connection", b"close")]})
                     await send_with_id({"type": "http.response.body", "body": body})
                 except Exception:  # the connection is going too
                     pass

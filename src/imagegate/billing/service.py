@@ -317,6 +317,8 @@ class Billing:
         instead of being cancelled in its pause (its hold would then be released, the work given away)."""
         self._closing.set()
         await asyncio.gather(*self._later, return_exceptions=True)
+        if self.store is not None:
+            await self.store.settle_unheard()
 
     @staticmethod
     async def _retry(call):

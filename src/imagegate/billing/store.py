@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.catalog.tokens import Usage
-from imagegate.db import Database, Prebuilt
+from imagegate.db import Database, Prebuilt, no_turn_to_write
 from imagegate.db.schema import Money, accounts, api_keys, holds, idempotency, instances, ledger, usage_log
 from imagegate.errors import Conflict, ImagegateError, InsufficientQuota, InvalidRequest, NotFound
 
@@ -483,11 +483,12 @@ class BillingStore:
             raise
         except ImagegateError:
             raise  # refused inside the transaction (no balance, say): nothing committed
-        except BaseException:
+        except BaseException as exc:
             # Whether it committed is unknown (its reply was lost, or the wait was cancelled while the write went
             # on): give the hold back if it did, so that its idempotency claim does not turn every retry away
-            # until the hold expires.
-            self._give_back_unheard(hold_id)
+            # until the hold expires. A write that never got its turn never ran: nothing to give back.
+            if not no_turn_to_write(exc):
+                self._give_back_unheard(hold_id)
             raise
         # Only once committed: a hold whose commit we never heard back about is nobody's, and expires.
         self._live_holds.add(hold_id)
@@ -642,15 +643,25 @@ class BillingStore:
 
     def _give_back_unheard(self, hold_id: str) -> None:
         async def give_back() -> None:
-            try:
-                if await self.release(hold_id, reason="not_started", status="error"):
-                    log.warning("hold %s: its commit was never confirmed; given back", hold_id)
-            except Exception:  # the database is away: the hold expires and reconciliation releases it
-                log.warning("hold %s: its commit was never confirmed, and giving it back failed", hold_id)
+            # Again a moment later: on PostgreSQL the first transaction may still be committing on its own
+            # connection when the first try looks for the hold.
+            for pause in (0.0, 1.0, 5.0):
+                await asyncio.sleep(pause)
+                try:
+                    if await self.release(hold_id, reason="not_started", status="error"):
+                        log.warning("hold %s: its commit was never confirmed; given back", hold_id)
+                        return
+                except Exception:  # the database is away: the hold expires and reconciliation releases it
+                    log.warning("hold %s: its commit was never confirmed, and giving it back failed", hold_id)
+                    return
 
         task = asyncio.get_running_loop().create_task(give_back())
         self._unheard.add(task)
         task.add_done_callback(self._unheard.discard)
+
+    async def settle_unheard(self) -> None:
+        """At shutdown, before the database closes: the holds of unknown fate finish being given back."""
+        await asyncio.gather(*self._unheard, return_exceptions=True)
 
     async def release(
         self, hold_id: str, *, reason: str, status: str = "crashed", silent_since: float | None = None

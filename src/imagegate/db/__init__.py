@@ -77,7 +77,7 @@ def is_transient(exc: BaseException) -> bool:
     """The database is away or busy (a dropped connection, a lock held too long, a deadlock, no pooled connection
     in time): the transaction never began or rolled back whole, and the same request may succeed later. Anything
     else (a taken key, a missing table, a bad statement) would fail the same way again."""
-    if isinstance(exc, (InterfaceError, PoolTimeout)):
+    if isinstance(exc, (InterfaceError, PoolTimeout, TimeoutError)):  # TimeoutError: asyncpg's command_timeout
         return True
     if not isinstance(exc, DBAPIError):
         return False
