@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import socket
 import urllib.request
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -150,6 +150,37 @@ MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
+class NotOk(ValueError):
+    """The answer's status was not 200 (a ValueError, as any unreadable answer is to read_body's callers)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"answered HTTP {status}")
+        self.status = status
+
+
+class TooManyRedirects(ValueError):
+    pass
+
+
+async def read_followed(
+    url: str, hop: Callable[[str], Awaitable[tuple[aiohttp.ClientSession, str | None]]], *, max_bytes: int,
+    max_redirects: int = MAX_REDIRECTS, budget: ByteBudget | None = None,
+) -> bytes:
+    """The body at ``url``, redirects followed by hand: ``hop(url)`` checks each URL (raising where it may not be
+    fetched) and gives the session and proxy to fetch it with. NotOk, TooManyRedirects or read_body's errors."""
+    for _ in range(max_redirects + 1):
+        session, proxy = await hop(url)
+        async with session.get(url, allow_redirects=False, proxy=proxy) as response:
+            location = response.headers.get("location")
+            if response.status in REDIRECTS and location:
+                url = urljoin(url, location)
+                continue
+            if response.status != 200:
+                raise NotOk(response.status)
+            return await read_body(response, max_bytes, budget=budget)
+    raise TooManyRedirects(f"redirected more than {max_redirects} times")
+
+
 async def _check_url(url: str, param: str, allow_private: bool) -> None:
     """Refuses, naming ``param``, a URL this server does not fetch: the first one and every redirect's."""
     parts = urlsplit(url)
@@ -167,36 +198,39 @@ async def fetch_image(
     url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget | None = None
 ) -> bytes:
     """The image at ``url``, or an InvalidRequest naming ``param`` that says why not (OverBudget passes through: the
-    caller knows what the budget was for). Redirects are followed, up to MAX_REDIRECTS, each checked as the first
-    URL was: a public link may not lead to a private address."""
+    caller knows what the budget was for). Redirects are followed, each checked as the first URL was: a public
+    link may not lead to a private address."""
+    sessions: dict[bool, aiohttp.ClientSession] = {}  # by whether its connector checks for public addresses
+
+    async def hop(target: str) -> tuple[aiohttp.ClientSession, str | None]:
+        await _check_url(target, param, allow_private)
+        proxy = env_proxy(target, urllib.request.getproxies())
+        checked = not (allow_private or proxy)
+        if checked not in sessions:
+            sessions[checked] = aiohttp.ClientSession(
+                connector=public_connector() if checked else aiohttp.TCPConnector())
+        return sessions[checked], proxy
+
     try:
         # timeout_s bounds the whole fetch: per-read timeouts are what a trickling server evades.
         async with asyncio.timeout(timeout_s):
-            for _ in range(MAX_REDIRECTS + 1):
-                await _check_url(url, param, allow_private)
-                proxy = env_proxy(url, urllib.request.getproxies())
-                connector = aiohttp.TCPConnector() if allow_private or proxy else public_connector()
-                async with aiohttp.ClientSession(connector=connector) as session:
-                    async with session.get(url, allow_redirects=False, proxy=proxy) as response:
-                        location = response.headers.get("location")
-                        if response.status in REDIRECTS and location:
-                            url = urljoin(url, location)
-                            continue
-                        if response.status != 200:
-                            raise InvalidRequest(
-                                f"Fetching the image URL in '{param}' failed with HTTP {response.status}.", param=param
-                            )
-                        return await read_body(response, max_bytes, budget=budget)
-            raise InvalidRequest(f"The image URL in '{param}' redirects more than {MAX_REDIRECTS} times.", param=param)
+            return await read_followed(url, hop, max_bytes=max_bytes, budget=budget)
     except OverBudget:
         raise
     except TooLarge:  # not any ValueError: aiohttp's InvalidURL (a bad proxy setting, say) is one too
         raise InvalidRequest(f"The image at the URL in '{param}' is larger than {max_bytes:,} bytes.",
                              param=param) from None
+    except NotOk as exc:
+        raise InvalidRequest(f"Fetching the image URL in '{param}' failed with HTTP {exc.status}.", param=param) from None
+    except TooManyRedirects:
+        raise InvalidRequest(f"The image URL in '{param}' redirects more than {MAX_REDIRECTS} times.",
+                             param=param) from None
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, PrivateAddress):  # the name changed its answer since the check above
             raise _private(param) from None
-        host = urlsplit(url).hostname
-        raise InvalidRequest(f"Could not resolve the image URL's host '{host}'.", param=param) from None
+        raise InvalidRequest(f"Could not resolve the image URL's host '{urlsplit(url).hostname}'.", param=param) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise InvalidRequest(f"Fetching the image URL in '{param}' failed: {type(exc).__name__}.", param=param) from None
+    finally:
+        for session in sessions.values():
+            await session.close()

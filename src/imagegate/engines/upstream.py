@@ -19,7 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -31,7 +31,7 @@ from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
 from imagegate.engines.sandbox import job_usage
 from imagegate.errors import REFUSAL_CODES, EngineTimeout, InvalidImage, UpstreamError
-from imagegate.fetch import REDIRECTS, env_proxy, public_connector, public_host, read_body
+from imagegate.fetch import NotOk, TooManyRedirects, env_proxy, public_connector, public_host, read_body, read_followed
 
 if TYPE_CHECKING:
     from imagegate.config import ChannelConfig
@@ -357,22 +357,19 @@ async def download(
     max_redirects: int = 3,
 ) -> bytes:
     """An image an upstream pointed to. The URL came over the wire, so every hop must be a public address or a
-    host the operator configured (the channel's own); redirects are followed by hand to check each one."""
-    for _ in range(max_redirects + 1):
-        host = urlsplit(url).hostname or ""
+    host the operator configured (the channel's own)."""
+    async def hop(target: str) -> tuple[aiohttp.ClientSession, str | None]:
+        host = urlsplit(target).hostname or ""
         trusted = host in trusted_hosts
-        if not trusted and not await public_host(url):
-            raise ValueError(f"refusing to download from {host or url!r}: not a public address")
-        proxy = session.proxy_for(url)
-        client = session.get() if trusted or proxy else session.public()
-        async with client.get(url, allow_redirects=False, proxy=proxy) as response:
-            if response.status in REDIRECTS and "location" in response.headers:
-                url = urljoin(url, response.headers["location"])
-                continue
-            if response.status != 200:
-                raise ValueError(f"image download answered HTTP {response.status}")
-            return await read_body(response, max_bytes)
-    raise ValueError("image download redirected too many times")
+        if not trusted and not await public_host(target):
+            raise ValueError(f"refusing to download from {host or target!r}: not a public address")
+        proxy = session.proxy_for(target)
+        return (session.get() if trusted or proxy else session.public()), proxy
+
+    try:
+        return await read_followed(url, hop, max_bytes=max_bytes, max_redirects=max_redirects)
+    except (NotOk, TooManyRedirects) as exc:
+        raise ValueError(f"image download {exc}") from None
 
 
 class RelayEngine:
