@@ -17,6 +17,7 @@ from imagegate.api.render import FastJSONResponse, StreamRenderer, images_respon
 from imagegate.api.wire import base_url, content_type, json_body
 from imagegate.billing import Billing, Idempotency
 from imagegate.billing.money import amount_dict, usd
+from imagegate.billing.service import check_model_allowed
 from imagegate.billing.store import KEY_PREFIX, BillingStore, hash_key
 from imagegate.catalog import parse_size
 from imagegate.catalog.tokens import Usage
@@ -170,7 +171,7 @@ async def start_run(request: Request, image_request: ImageRequest, raw: RawReque
         record = await billing.idempotent_result(idem)
         if record is not None:
             # Keys share their account's results: one may get back only what it could have asked for itself.
-            billing.check_model(image_request, principal)
+            check_model_allowed(image_request.job.model.id, principal)
             return await _replay(request, image_request, record.result or {}, principal)
         try:
             return await state.gateway.begin(image_request, principal, idempotency=idem)

@@ -170,6 +170,10 @@ def _prompt_block(run: Run) -> str:
     return f"{_PROMPT_BLOCK_OPEN}{block}\n```\n\n"
 
 
+def _stored_images(run: Run) -> list:
+    return [img.stored for img in sorted(run.result.images, key=lambda i: i.index) if img.stored]
+
+
 def _image_markdown(request: Request, stored_images: list) -> str:
     storage = request.app.state.storage
     base = base_url(request)
@@ -223,14 +227,13 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
             raise
         # An upstream's refusal, as ours before the run: said in the conversation, with any image it let through
         # first (kept, and perhaps paid for).
-        made = [img.stored for img in sorted(run.result.images, key=lambda i: i.index) if img.stored]
+        made = _stored_images(run)
         shown = "\n\n" + _image_markdown(request, made).strip() if made else ""
         return _refusal(chunks, _blocked_text(exc) + shown, stream=False)
     except BaseException:
         run.abandon()
         raise
-    stored = [img.stored for img in sorted(run.result.images, key=lambda i: i.index) if img.stored]
-    content = _prompt_block(run) + _image_markdown(request, stored)
+    content = _prompt_block(run) + _image_markdown(request, _stored_images(run))
     return JSONResponse(_completion(chunks.completion_id, model_id, chunks.created, content.strip(), "stop",
                                     _chat_usage(run)), headers=cost_headers(run))
 

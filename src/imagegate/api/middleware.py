@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -12,6 +13,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from imagegate.errors import ImagegateError, PayloadTooLarge, ServerError
 
 log = logging.getLogger("imagegate.api")
+
+
+async def send_error(send: Send, error: ImagegateError, *, final: bool = False) -> None:
+    """An error envelope answered from below the app (no response begun yet). ``final``: the client is not to
+    retry, and the connection closes."""
+    body = json.dumps({"error": error.to_dict()}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if final:
+        headers += [(b"x-should-retry", b"false"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestIdMiddleware:
@@ -44,34 +56,18 @@ class RequestIdMiddleware:
             # pay twice; one with the same Idempotency-Key gets the result.
             log.warning("request %s (%s %s) cut off by the shutdown", request_id, scope.get("method"), scope.get("path"))
             if not started:
-                error = ImagegateError(
-                    "The server shut down before the answer was ready. Work already under way goes on, is charged "
-                    "and its images are kept: retry with the same Idempotency-Key to get them without paying again.",
-                    status=503, type="server_error", code="server_shutting_down")
-                body = json.dumps({"error": error.to_dict()}).encode()
-                try:
-                    await send_with_id({"type": "http.response.start", "status": 503, "headers": [
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"x-should-retry", b"false"), (b"connection", b"close")]})
-                    await send_with_id({"type": "http.response.body", "body": body})
-                except Exception:  # the connection is going too
-                    pass
+                with contextlib.suppress(Exception):  # the connection may be going too
+                    await send_error(send_with_id, ImagegateError(
+                        "The server shut down before the answer was ready. Work already under way goes on, is "
+                        "charged and its images are kept: retry with the same Idempotency-Key to get them without "
+                        "paying again.", status=503, type="server_error", code="server_shutting_down"), final=True)
             raise
         except Exception:
             # Starlette's own 500 handler sits outside every middleware and would answer without our request id.
             log.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise
-            error = ServerError("The server had an error while processing your request.")
-            body = json.dumps({"error": error.to_dict()}).encode()
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send_with_id({"type": "http.response.body", "body": body})
+            await send_error(send_with_id, ServerError("The server had an error while processing your request."))
 
 
 class BodyLimitMiddleware:
@@ -123,18 +119,4 @@ class BodyLimitMiddleware:
         return f"Request body too large: the limit is {self.max_bytes:,} bytes."
 
     async def _refuse(self, send: Send) -> None:
-        error = PayloadTooLarge(self._message())
-        body = json.dumps({"error": error.to_dict()}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-should-retry", b"false"),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, PayloadTooLarge(self._message()), final=True)

@@ -122,7 +122,7 @@ class Billing:
 
     def quote(self, request: "ImageRequest", payer: Payer | None) -> tuple[ModelPrice, Cost]:
         """The most ``request`` can cost this payer. A model without a price is an error, never free."""
-        self.check_model(request, payer)
+        check_model_allowed(request.job.model.id, payer)
         price = self.prices.price(request.job.model.id)
         if price is None:
             raise ServerError(
@@ -131,10 +131,6 @@ class Billing:
                 code="price_missing",
             )
         return price, pricing.quote(price, request.job, self.multiplier(payer))
-
-    @staticmethod
-    def check_model(request: "ImageRequest", payer: Payer | None) -> None:
-        check_model_allowed(request.job.model.id, payer)
 
     # --- reserve / settle -----------------------------------------------------------------------------------
 
@@ -151,7 +147,7 @@ class Billing:
         if metered:
             price, quote = self.quote(request, payer)
         else:
-            self.check_model(request, payer)
+            check_model_allowed(request.job.model.id, payer)
             price = self.prices.price(request.job.model.id)
             quote = pricing.quote(price, request.job, Fraction(1)) if price is not None else None
         job = request.job

@@ -168,7 +168,8 @@ _KEY_COLUMNS = [*api_keys.c, accounts.c.name.label("account_name")]
 # Written out, not bound: the open holds' index is partial (status = 'open'), and a planner may only use it when the
 # query says so in the SQL itself (PostgreSQL's generic plans do not look at parameter values).
 _OPEN = holds.c.status == sa.literal_column("'open'")
-_OPEN_HOLDS = sa.select(holds.c.id, holds.c.instance_id, holds.c.created_at, holds.c.expires_at).where(_OPEN)  # for reconciliation
+# For reconciliation.
+_OPEN_HOLDS = sa.select(holds.c.id, holds.c.instance_id, holds.c.created_at, holds.c.expires_at).where(_OPEN)
 _ACCOUNT_OPEN_HOLDS = (
     sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(holds.c.amount_micro), 0))
     .where(holds.c.account_id == sa.bindparam("account_id"), _OPEN)
@@ -861,7 +862,8 @@ class BillingStore:
                 (self._same_pid_space(row) and (row.pid == self.pid or not _pid_alive(row.pid))) or row.id in silent
             )
         }
-        alive = {row.id for row in known} - dead
+        known_ids = {row.id for row in known}
+        alive = known_ids - dead
         unknown_since = now - self.stale_after if judge_silence else None
         released = 0
         # One transaction a hold, as a settlement is: released together, one transaction would lock several
@@ -871,7 +873,7 @@ class BillingStore:
                 continue
             if hold.instance_id in alive and hold.expires_at >= now:
                 continue
-            unknown = hold.instance_id not in alive and hold.instance_id not in dead
+            unknown = hold.instance_id not in known_ids
             if unknown and hold.expires_at >= now and (unknown_since is None or hold.created_at >= unknown_since):
                 # Its server's row is gone (dropped as silent while it lived on: its next beat writes it again):
                 # judged, as silence is, only after a whole stale_after, and only if still silent as it commits.

@@ -64,6 +64,7 @@ class ChatImageEngine(RelayEngine):
         request = UpstreamRequest("POST", f"{channel.base_url.rstrip('/')}/chat/completions", headers, json_body=body)
         text = ""
         sent = body["messages"][0]["content"][0]["text"]
+        echo = json.dumps(sent, ensure_ascii=False)[1:-1]  # our prompt as the answer's prompt block quotes it
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
             async for data in _answer_data(response):
@@ -86,7 +87,7 @@ class ChatImageEngine(RelayEngine):
                         f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
                         code="upstream_bad_response", failure_policy=channel.failure_policy,
                     )
-                status = _past_prompt(text, sent)
+                status = _past_prompt(text, echo)
                 percent = _latest_percent(status)
                 queued = "🕐" in status or "Queuing" in status
                 if queued and "⚡" not in status and "Generating" not in status and last_percent == 0:
@@ -96,7 +97,7 @@ class ChatImageEngine(RelayEngine):
                     yield Progress(min(percent, 99))
         urls = image_links(text, sent=sent)
         if not urls:
-            said = _past_prompt(text, sent).strip()[-300:]
+            said = _past_prompt(text, echo).strip()[-300:]
             raise UpstreamError(
                 f"The upstream '{channel.name}' finished without an image" + (f": {said}" if said else "."),
                 code="upstream_no_image", failure_policy=channel.failure_policy,
@@ -147,11 +148,10 @@ def image_links(text: str, *, sent: str) -> list[str]:
     return [url for url in _IMAGE_LINK_RE.findall(tail) if url not in sent]
 
 
-def _past_prompt(text: str, sent: str) -> str:
-    """The answer past its echo of our prompt, where its status lines are (words in the prompt are not)."""
-    echoed = json.dumps(sent, ensure_ascii=False)[1:-1]
-    at = text.find(echoed) if echoed else -1
-    return text[at + len(echoed):] if at >= 0 else text
+def _past_prompt(text: str, echo: str) -> str:
+    """The answer past its ``echo`` of our prompt, where its status lines are (words in the prompt are not)."""
+    at = text.find(echo) if echo else -1
+    return text[at + len(echo):] if at >= 0 else text
 
 
 def _latest_percent(text: str) -> int | None:
