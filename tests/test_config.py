@@ -35,7 +35,7 @@ def test_bad_config_names_the_entry(tmp_path, text, where):
 
 def test_an_empty_path_variable_unsets_it_and_a_misspelt_one_is_warned_about(caplog):
     settings = load_settings(None, environ={"IMAGEGATE_PRICE_FILE": "", "IMAGEGATE_API_KEY": "sk-x",
-                                            "IMAGEGATE_TEST_DATABASE_URL": "postgresql://x"})
+                                            "IMAGEGATE_WORKER_SETTINGS": "{}"})
     assert settings.price_file is None and settings.api_keys == ()
     warned = [r.getMessage() for r in caplog.records if r.name == "imagegate.config"]
     assert warned == ["IMAGEGATE_API_KEY is not a setting and is ignored; see docs/configuration.md for the names"]

@@ -151,8 +151,9 @@ class Settings(BaseModel):
         return self.data_dir / "images"
 
 
-# IMAGEGATE_ variables that are not settings: the supervisor's hand-over to its workers, the test suite's database.
-_NOT_SETTINGS = frozenset({"IMAGEGATE_WORKER_SETTINGS", "IMAGEGATE_TEST_DATABASE_URL"})
+# The IMAGEGATE_ variable that is not a setting: `serve --workers N` hands its workers the settings' sources
+# (config file, command-line overrides) in it, as JSON.
+WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue  # `IMAGEGATE_PRICE_FILE=` is how a shell unsets it, not a path to the current directory
         if raw is not None:
             values[name] = raw
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _NOT_SETTINGS
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {WORKER_ENV}
     for variable in sorted(set(environ) - known):
         if variable.startswith(ENV_PREFIX):
             # Warned, not refused: an environment holds what other tools set too. But a misspelt setting would

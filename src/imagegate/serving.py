@@ -21,10 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from imagegate.config import Settings, load_settings
-
-# How the workers read the settings the parent read: its config file and command-line overrides, as JSON.
-WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
+from imagegate.config import WORKER_ENV, Settings, load_settings
 
 # Below this a chunk is joined as uvicorn does: copying a few kilobytes costs less than a scatter write.
 _SCATTER_FROM_BYTES = 64 * 1024

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from imagegate import imaging
-from imagegate.catalog import Catalog, Model, Size, parse_size
+from imagegate.catalog import Catalog, Model, parse_size
 from imagegate.engines.base import Job
 from imagegate.errors import InvalidRequest, InvalidType, MissingParameter, UnknownParameter
 
@@ -230,8 +230,8 @@ def validate(
         size = parse_size(size_text)
         if size is None:
             if model.sizes is not None:
-                raise InvalidRequest(f"Invalid size '{size_text}' for model '{model.id}': "
-                                     f"{model.size_violation(Size(0, 0))}.", param="size")
+                raise InvalidRequest(f"Invalid size '{size_text}' for model '{model.id}': {model.supported_sizes()}.",
+                                     param="size")
             raise InvalidRequest(
                 f"Invalid size '{size_text}'. Expected WIDTHxHEIGHT, for example '1024x1024', or 'auto'.",
                 param="size",

@@ -58,12 +58,15 @@ class Model:
     def reports_usage(self) -> bool:
         return self.response == "gpt"
 
+    def supported_sizes(self) -> str:
+        """What a model with a fixed list of sizes takes, as an error message says it."""
+        assert self.sizes is not None
+        allowed = ", ".join(f"'{s}'" for s in self.sizes)
+        return f"supported values are {allowed}" + (" and 'auto'" if self.size_auto else "")
+
     def size_violation(self, size: Size) -> str | None:
         if self.sizes is not None:
-            if size in self.sizes:
-                return None
-            allowed = ", ".join(f"'{s}'" for s in self.sizes)
-            return f"supported values are {allowed}" + (" and 'auto'" if self.size_auto else "")
+            return None if size in self.sizes else self.supported_sizes()
         assert self.size_rule is not None
         return self.size_rule.violation(size)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
