@@ -24,7 +24,7 @@ from imagegate.db import (
     _PG_MIGRATION_LOCK, LOCK_SUFFIX, SCHEMA_HEAD, Database, is_transient, no_turn_to_write, opened,
 )
 from imagegate.db.schema import accounts
-from tests.db.backends import fresh_url, open_store
+from tests.db.backends import PG_URL, fresh_url, open_store
 from tests.db.test_ledger import check_invariants
 
 
@@ -424,10 +424,12 @@ def test_a_write_that_has_begun_is_waited_for_past_the_write_timeout(tmp_path):
     assert asyncio.run(main()) == ["slow"]
 
 
+_NEEDS_PG = pytest.mark.skipif(not PG_URL, reason="IMAGEGATE_TEST_DATABASE_URL is not set")
+
+
+@_NEEDS_PG
 def test_a_postgresql_migration_waits_past_the_statement_timeout_for_another_processes(tmp_path):
     """Statements time out with the write timeout, but not a migration, nor the wait for another process's."""
-    if not os.environ.get("IMAGEGATE_TEST_DATABASE_URL"):
-        pytest.skip("IMAGEGATE_TEST_DATABASE_URL is not set")
     url, drop = fresh_url("postgresql", tmp_path)
 
     async def main():
@@ -451,13 +453,13 @@ def test_a_postgresql_migration_waits_past_the_statement_timeout_for_another_pro
         drop()
 
 
-def test_postgresql_pools_are_sized_by_the_setting_and_statements_cannot_hang(database_url):
+@_NEEDS_PG
+def test_postgresql_pools_are_sized_by_the_setting_and_statements_cannot_hang(tmp_path):
     """With `--workers N` every process has its pool: its size is the operator's to fit max_connections."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL's pool")
+    url, drop = fresh_url("postgresql", tmp_path)
 
     async def main():
-        db = Database(database_url, write_timeout=0.5, pool_size=3)
+        db = Database(url, write_timeout=0.5, pool_size=3)
         try:
             assert db.engine.pool.size() == 3
             started = time.monotonic()
@@ -469,4 +471,7 @@ def test_postgresql_pools_are_sized_by_the_setting_and_statements_cannot_hang(da
         finally:
             await db.dispose()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        drop()
