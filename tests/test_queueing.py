@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from imagegate.errors import EngineOverloaded
 from imagegate.queueing import FifoLimiter
 
 
@@ -74,5 +77,48 @@ def test_a_waiter_cancelled_after_its_grant_gives_its_slot_back():
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         assert limiter.active == 0 and limiter.waiting == 0
+
+    asyncio.run(main())
+
+
+def test_a_full_line_refuses_newcomers_at_once_and_takes_them_again_once_it_moves():
+    async def main():
+        limiter = FifoLimiter(1, max_waiting=2)
+        await _take(limiter, [], "running", [])
+        order: list[str] = []
+        waiters = [asyncio.create_task(_take(limiter, [], name, order)) for name in "ab"]
+        await asyncio.sleep(0)
+        assert limiter.waiting == 2
+        with pytest.raises(EngineOverloaded) as refused:
+            limiter.check_room()
+        assert refused.value.status == 503 and refused.value.code == "engine_overloaded"
+        assert refused.value.headers == {"retry-after": "2"}
+        with pytest.raises(EngineOverloaded):
+            await _take(limiter, [], "c", order)  # refused on joining too, holding nothing
+        assert limiter.waiting == 2 and limiter.active == 1
+        limiter.release()  # a goes; the line has room for one again
+        await asyncio.sleep(0)
+        limiter.check_room()
+        late = asyncio.create_task(_take(limiter, [], "d", order))
+        for _ in range(2):
+            limiter.release()
+            await asyncio.sleep(0)
+        await asyncio.gather(*waiters, late)
+        assert order == ["a", "b", "d"]
+
+    asyncio.run(main())
+
+
+def test_no_line_at_all_refuses_only_those_who_would_wait():
+    async def main():
+        limiter = FifoLimiter(2, max_waiting=0)
+        limiter.check_room()
+        await _take(limiter, [], "one", [])
+        limiter.check_room()  # a slot is free: nobody would wait
+        await _take(limiter, [], "two", [])
+        with pytest.raises(EngineOverloaded):
+            limiter.check_room()
+        limiter.release()
+        limiter.check_room()
 
     asyncio.run(main())

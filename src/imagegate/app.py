@@ -107,6 +107,7 @@ def create_app(
         guard=_load_guard(settings),
         guard_policy=settings.guard_policy,
         engine_concurrency=settings.engine_concurrency,
+        engine_queue_limit=settings.engine_queue_limit,
         billing=billing,
         moderation=moderation,
     )

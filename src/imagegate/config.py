@@ -107,6 +107,9 @@ class Settings(BaseModel):
     sandbox_latency_ms: int = Field(20, ge=0)
     # Jobs one engine runs at once; the rest wait in a FIFO queue whose positions chat streams show.
     engine_concurrency: int = Field(4, ge=1)
+    # Requests one engine lets wait (per process) beyond those it runs; past it, new ones get a 503
+    # engine_overloaded before anything is held. Each waiter keeps its request, input images included, in memory.
+    engine_queue_limit: int = Field(100, ge=0)
     # Reference images in chat messages may be http(s) URLs; they are fetched with these limits.
     image_fetch_timeout_seconds: float = Field(20.0, gt=0)
     allow_private_image_urls: bool = False

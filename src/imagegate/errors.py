@@ -168,6 +168,14 @@ class EngineTimeout(EngineError):
     code = "engine_timeout"
 
 
+class EngineOverloaded(ImagegateError):
+    """An engine's queue is full: refused before anything was held or run, so a retry is safe."""
+
+    status = 503
+    type = "server_error"
+    code = "engine_overloaded"
+
+
 class ServerError(ImagegateError):
     status = 500
     type = "server_error"

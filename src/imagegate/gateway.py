@@ -142,6 +142,7 @@ class Gateway:
         guard_policy: str = "block",
         moderation: "ModerationClient | None" = None,
         engine_concurrency: int = 4,
+        engine_queue_limit: int | None = None,
         billing: "Billing | None" = None,
     ) -> None:
         self.engines = dict(engines)
@@ -152,7 +153,8 @@ class Gateway:
         self.moderation = moderation
         # Relays carry their own per-channel caps; the gateway's queue only needs to admit that many.
         self._engine_concurrency = engine_concurrency
-        self.limiters = {name: FifoLimiter(self._concurrency(engine)) for name, engine in self.engines.items()}
+        self.limiters = {name: FifoLimiter(self._concurrency(engine), engine_queue_limit)
+                         for name, engine in self.engines.items()}
         self._tasks: set[asyncio.Task] = set()  # runs: cancelled at shutdown (their holds are then refunded)
         # Work on what is already paid for: a charge being committed, images being kept. Shutdown waits for it
         # instead of cancelling it, since the database and the storage must outlive it.
@@ -209,7 +211,9 @@ class Gateway:
         idempotency: "Idempotency | None" = None,
     ) -> Run:
         """Hold the most the request can cost on the caller's account (429 ``insufficient_quota`` if it cannot be
-        covered, and nothing runs), then start it. The run's own task settles the hold when the work ends."""
+        covered, and nothing runs), then start it. The run's own task settles the hold when the work ends.
+        A full queue is refused first (503 ``engine_overloaded``), before anything is held."""
+        self._check_room(request)
         if self.billing is None:
             return self.start(request, store=store)
         ticket = await self.billing.reserve(request, principal, endpoint=endpoint, idempotency=idempotency)  # type: ignore[arg-type]
@@ -220,11 +224,19 @@ class Gateway:
             await self.billing.abort(ticket)
             raise
 
-    def start(self, request: ImageRequest, *, store: bool | None = None, ticket: "Ticket | None" = None) -> Run:
-        """Start the engine work in a detached task and return the run to read events from."""
+    def _engine(self, request: ImageRequest) -> Engine:
         engine = self.engines.get(request.job.model.engine)
         if engine is None:
             raise ServerError(f"No engine '{request.job.model.engine}' is configured for model '{request.job.model.id}'.")
+        return engine
+
+    def _check_room(self, request: ImageRequest) -> None:
+        self.limiters[self._engine(request).name].check_room()
+
+    def start(self, request: ImageRequest, *, store: bool | None = None, ticket: "Ticket | None" = None) -> Run:
+        """Start the engine work in a detached task and return the run to read events from. The queue's length
+        limit is checked again when the run joins it (others may have joined while the hold was placed)."""
+        engine = self._engine(request)
         store_images = request.response_format == "url" if store is None else store
         if store_images and request.job.b64_as_it_arrives:
             # Images kept (for a link, or for an idempotent replay) are read whole before they are answered.

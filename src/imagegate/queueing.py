@@ -1,7 +1,8 @@
 """A first-in, first-out concurrency limit that can say where a waiter stands.
 
 Each engine gets one, so "queued, position 3" in a chat stream is the truth: the number of jobs ahead of this
-one that have not started yet.
+one that have not started yet. The line has a length limit: every waiter keeps its request (up to 16 input images)
+in memory, so a burst must be turned away rather than queued until the process runs out of memory.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import AsyncIterator
+
+from imagegate.errors import EngineOverloaded
 
 
 _EVERY_MOVE = 50  # waiters this near the front see every move of the queue
@@ -25,10 +28,13 @@ class _Waiter:
 
 
 class FifoLimiter:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_waiting: int | None = None) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        if max_waiting is not None and max_waiting < 0:
+            raise ValueError("max_waiting must be at least 0")
         self.limit = limit
+        self.max_waiting = max_waiting  # None: no limit
         self.active = 0
         self._queue: deque[_Waiter] = deque()
 
@@ -36,14 +42,28 @@ class FifoLimiter:
     def waiting(self) -> int:
         return len(self._queue)
 
+    def check_room(self) -> None:
+        """Raise :class:`EngineOverloaded` if a new caller would have to wait and the line is full."""
+        if self.max_waiting is None or len(self._queue) < self.max_waiting:
+            return
+        if self.active < self.limit and not self._queue:
+            return
+        raise EngineOverloaded(
+            f"The engine is overloaded: {self.active} request(s) running and {len(self._queue)} waiting, "
+            "the most this server queues. Nothing was charged; try again shortly.",
+            headers={"retry-after": "2"},
+        )
+
     async def acquire(self) -> AsyncIterator[int]:
         """Yield this caller's queue position (1 = next) each time it changes; return once a slot is held.
+        Raises :class:`EngineOverloaded` at once, holding nothing, when the line is full.
 
         The caller must call :meth:`release` exactly once after the iteration finishes normally.
         """
         if self.active < self.limit and not self._queue:
             self.active += 1
             return
+        self.check_room()
         waiter = _Waiter(len(self._queue) + 1)
         self._queue.append(waiter)
         try:

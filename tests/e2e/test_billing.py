@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -61,6 +62,37 @@ def test_insufficient_balance_is_429_insufficient_quota_and_nothing_runs(metered
     assert t["balance"] == 11_000 and t["hold"] == 0 and t["settle"] == 0
     rows = admin(metered, "GET", "/usage", params={"account": "poor"}).json()["data"]
     assert [(r["status"], r["error_code"], r["cost_micro"]) for r in rows] == [("refused", "insufficient_quota", 0)]
+
+
+def test_a_full_engine_queue_is_503_engine_overloaded_and_holds_nothing(backend, tmp_path):  # noqa: F811
+    with metered_server(backend, tmp_path, sandbox_latency_ms=1500, engine_concurrency=1,
+                        engine_queue_limit=1) as live:
+        key = new_account(live, "busy", "1")
+        sdk = client(live, key)
+        limiter = live.app.state.gateway.limiters["sandbox"]
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(sdk.images.generate, **LOW)
+            deadline = time.monotonic() + 10
+            while limiter.active < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = pool.submit(sdk.images.generate, **LOW)  # waits in the one place in line
+            while limiter.waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (limiter.active, limiter.waiting) == (1, 1)
+            with pytest.raises(openai.InternalServerError) as refused:
+                sdk.images.generate(**LOW)
+            held = totals(live, "busy")
+            images = [len(first.result().data), len(second.result().data)]
+        assert images == [1, 1]
+        error = refused.value
+        assert error.status_code == 503 and error.code == "engine_overloaded" and error.type == "server_error"
+        assert "Nothing was charged" in error.message and error.response.headers["retry-after"] == "2"
+        assert held["open_holds"] == 2 and held["hold"] == 2 * quote(live, key, LOW)  # none for the refused one
+        after = settled(live, "busy")
+        assert after["settle"] == 2 * quote(live, key, LOW) and after["balance"] == 1_000_000 - after["settle"]
+        assert_books_balance(after)
+        rows = admin(live, "GET", "/usage", params={"account": "busy"}).json()["data"]
+        assert sorted(r["status"] for r in rows) == ["ok", "ok"]
 
 
 def test_quote_runs_nothing_and_matches_the_charge(metered):
