@@ -71,8 +71,9 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 def uvicorn_options(**options: Any) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config``: ``options`` and imagegate's protocol."""
-    return {"http": HttpProtocol, **options}
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config``: ``options``, imagegate's protocol, and no
+    access log of uvicorn's (imagegate's own, ``imagegate.access``, carries each request's id)."""
+    return {"http": HttpProtocol, "access_log": False, **options}
 
 
 def _check_child(settings: Settings, answer) -> None:

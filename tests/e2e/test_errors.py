@@ -8,6 +8,8 @@ does not retry them; and no response is ever FastAPI's ``{"detail": ...}``.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -153,6 +155,24 @@ def test_healthz_needs_no_key_and_has_a_request_id(http):
 def test_request_ids_are_unique(http):
     ids = {http.get("/v1/nope").headers["x-request-id"] for _ in range(5)}
     assert len(ids) == 5
+
+
+def test_the_access_log_names_each_request_by_the_id_its_client_saw(client, caplog):
+    caplog.set_level(logging.INFO)
+    raw = client.images.with_raw_response.generate(model="gpt-image-1", prompt=PROMPT, size="1024x1024",
+                                                   quality="low")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("not-a-model")
+    deadline = time.monotonic() + 5  # the line is written once the answer is out, after the client has it
+    wanted = {raw.headers["x-request-id"]: ("POST", "/v1/images/generations", "200"),
+              missing.value.request_id: ("GET", "/v1/models/not-a-model", "404")}
+    while not all(any(rid in r.getMessage() for r in caplog.records) for rid in wanted) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = {rid: r.getMessage() for r in caplog.records if r.name == "imagegate.access" for rid in wanted
+             if rid in r.getMessage()}
+    for rid, (method, path, status) in wanted.items():
+        assert re.fullmatch(rf'127\.0\.0\.1:\d+ - "{method} {path}" {status} {rid} \d+\.\dms', lines[rid]), lines
+    assert not [r for r in caplog.records if r.name == "uvicorn.access"]  # one access log, not two
 
 
 # --- 404 / 405 -----------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids on every response, and the request-size limit (413)."""
+"""Pure ASGI middleware: request ids on every response (and in the access log), and the request-size limit (413)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from imagegate.errors import ImagegateError, PayloadTooLarge, ServerError
 
 log = logging.getLogger("imagegate.api")
+# One line per request once it is over, with the id the client saw (uvicorn's own access log, off, has none).
+access_log = logging.getLogger("imagegate.access")
 
 
 async def send_error(send: Send, error: ImagegateError, *, final: bool = False) -> None:
@@ -37,11 +40,14 @@ class RequestIdMiddleware:
         request_id = f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
+        status = 0
+        since = time.monotonic()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -68,6 +74,12 @@ class RequestIdMiddleware:
             if started:
                 raise
             await send_error(send_with_id, ServerError("The server had an error while processing your request."))
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info('%s - "%s %s" %s %s %.1fms', f"{client[0]}:{client[1]}" if client else "-",
+                                scope.get("method"), scope.get("path"), status or "-", request_id,
+                                (time.monotonic() - since) * 1000)
 
 
 class BodyLimitMiddleware:
