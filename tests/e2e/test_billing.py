@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import httpx
 import openai
@@ -126,10 +127,18 @@ def test_a_revocation_made_elsewhere_applies_within_the_key_cache_time(backend, 
 
 def test_keys_revoked_expired_unknown_are_401_saying_so(metered):
     key = new_account(metered, "acme", "1")
-    expired = admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "2020-01-01T00:00:00Z"}).json()
+    past = admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "2020-01-01T00:00:00Z"})
+    assert past.status_code == 400 and past.json()["error"]["param"] == "expires_at"
+    assert "2020-01-01T00:00:00+00:00 is not in the future" in past.json()["error"]["message"]
+    assert admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": "0d"}).status_code == 400
+    soon = time.time() + 1
+    expired = admin(metered, "POST", "/keys", json={"account": "acme", "expires_at": soon}).json()
+    client(metered, expired["key"]).models.list()  # good until then
+    time.sleep(max(0.0, soon - time.time()) + 0.05)
     with pytest.raises(openai.AuthenticationError) as exc:
         client(metered, expired["key"]).images.generate(**LOW)
-    assert exc.value.code == "api_key_expired" and "expired on 2020-01-01" in exc.value.message
+    day = datetime.fromtimestamp(soon, timezone.utc).strftime("%Y-%m-%d")
+    assert exc.value.code == "api_key_expired" and f"expired on {day}" in exc.value.message
     client(metered, key).images.generate(**LOW)  # the server remembers the key now
     assert admin(metered, "POST", f"/keys/{key[:12]}/revoke").json()["state"] == "revoked"
     with pytest.raises(openai.AuthenticationError) as exc:

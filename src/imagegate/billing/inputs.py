@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from imagegate.billing.money import MoneyError, parse_amount
@@ -32,7 +32,18 @@ def money(value: Any, param: str, *, allow_zero: bool = False) -> int:
 
 
 def parse_expiry(value: Any, param: str = "expires_at") -> float | None:
-    """An expiry: unix seconds, an ISO 8601 time with a zone, or '<N>d' (N days from now); None: never."""
+    """An expiry in the future: unix seconds, an ISO 8601 time with a zone, or '<N>d' (N days from now); None:
+    never. A moment already past is refused: a key made expired is a mistake (a date's year, its zone), not a wish."""
+    at = _expiry(value, param)
+    if at is not None and at <= time.time():
+        raise InvalidRequest(
+            f"Invalid '{param}': {datetime.fromtimestamp(at, timezone.utc).isoformat(timespec='seconds')} is not in "
+            "the future. Give a later time, or '<N>d' with N of at least 1; leave it out for a key that never "
+            "expires.", param=param)
+    return at
+
+
+def _expiry(value: Any, param: str) -> float | None:
     if value is None:
         return None
     what = f"Invalid '{param}': expected unix seconds, an ISO 8601 time with a zone, or '<N>d' (days from now)."
