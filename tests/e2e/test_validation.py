@@ -154,6 +154,13 @@ REFUSALS = [
            ("pixel", "8,294,400")),
     *_both("size-aspect-ratio-text", {"model": "gpt-image-2", "size": "9:16"}, "size", "invalid_value",
            ("'9:16'", "WIDTHxHEIGHT")),
+    # As OpenAI: a lower-case x and nothing around the numbers (a client that works here works there).
+    *_both("size-capital-x", {"model": "gpt-image-1", "size": "1024X1024"}, "size", "invalid_value",
+           ("'1024X1024'", *_SUPPORTED_GPT_SIZES)),
+    *_both("size-spaces", {"model": "gpt-image-2", "size": "2048 x 1152"}, "size", "invalid_value",
+           ("'2048 x 1152'", "WIDTHxHEIGHT")),
+    *_both("size-times-sign", {"model": "gpt-image-2", "size": "2048×1152"}, "size", "invalid_value",
+           ("'2048×1152'", "WIDTHxHEIGHT")),
     # quality
     *_both("quality-hd-gpt-image-1", {"model": "gpt-image-1", "quality": "hd"}, "quality", "invalid_value",
            ("'hd'", *_GPT_QUALITIES)),

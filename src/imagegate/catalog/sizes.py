@@ -24,11 +24,11 @@ class Size(NamedTuple):
         return self.width / self.height
 
 
-_SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+_SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")  # exactly as OpenAI takes it: '1024X1024' is a 400 there
 
 
 def parse_size(text: str) -> Size | None:
-    match = _SIZE_RE.match(text)
+    match = _SIZE_RE.fullmatch(text)
     if not match:
         return None
     width, height = int(match.group(1)), int(match.group(2))
