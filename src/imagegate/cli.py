@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -56,11 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return 0
-    # Workers are fresh processes: they read the same settings again, from the same file, environment and flags.
-    os.environ[WORKER_ENV] = json.dumps({
-        "config": str(args.config) if args.config else None,
-        "overrides": {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items() if v is not None},
-    })
+    # Workers are fresh processes, started again when one dies: they take the settings as read here, once, so that
+    # a config file edited since (or an environment changed) reaches no worker before the server restarts.
+    os.environ[WORKER_ENV] = settings.model_dump_json()
     return run_workers(settings.workers, **common)
 
 

@@ -13,15 +13,13 @@ one ``writev`` and no copy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from imagegate.config import WORKER_ENV, Settings, load_settings
+from imagegate.config import WORKER_ENV, Settings
 
 # Below this a chunk is joined as uvicorn does: copying a few kilobytes costs less than a scatter write.
 _SCATTER_FROM_BYTES = 64 * 1024
@@ -128,11 +126,10 @@ def run_workers(workers: int, **options: Any) -> int:
 
 
 def worker_app() -> Any:
-    """The app of one `serve --workers N` process (uvicorn's factory): settings read as the parent read them."""
+    """The app of one `serve --workers N` process (uvicorn's factory): the settings the parent read."""
     from imagegate.app import create_app
 
-    spec = json.loads(os.environ[WORKER_ENV])
-    settings = load_settings(Path(spec["config"]) if spec["config"] else None, overrides=spec["overrides"])
+    settings = Settings.model_validate_json(os.environ[WORKER_ENV])
     configure_logging(settings)
     return create_app(settings)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,3 +100,56 @@ def test_workers_that_cannot_start_stop_the_server_with_a_failing_status(tmp_pat
 def test_worker_count_is_checked(tmp_path, workers):
     done = run_cli("serve", "--workers", workers, "--data-dir", str(tmp_path), timeout=60)
     assert done.returncode == 2 and "workers" in done.stderr
+
+
+def test_a_restarted_worker_serves_the_settings_the_server_started_with(tmp_path):
+    """An edited config file takes effect when the server is restarted, never in one worker that died and was
+    started again: the workers of one server agree."""
+    config = tmp_path / "imagegate.toml"
+    config.write_text('api_keys = ["sk-as-started-0123456789"]\nguard_policy = "off"\n')
+    port = free_port()
+    with serve_process("--port", str(port), "--workers", "2", "--config", str(config),
+                       "--data-dir", str(tmp_path / "data")) as proc:
+        wait_healthy(port, proc)
+        workers = _children(proc.pid, 2)
+        config.write_text('api_keys = ["sk-edited-since-0123456789"]\nguard_policy = "off"\n')
+        os.kill(workers[0], signal.SIGKILL)
+        restarted = _children(proc.pid, 2, without=workers[0])
+        assert workers[0] not in restarted
+        survivor, new = workers[1], next(p for p in restarted if p != workers[1])
+        deadline = time.monotonic() + 60
+        while _rss_kb(new) < 0.8 * _rss_kb(survivor) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the new worker has built its app (then it serves within moments)
+        time.sleep(1)
+        statuses = set()
+        for _ in range(40):  # a fresh connection each time: both workers take some
+            statuses.add(httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10, headers={
+                "Authorization": "Bearer sk-as-started-0123456789", "Connection": "close"}).status_code)
+        assert statuses == {200}
+
+
+def _children(pid: int, count: int, without: int | None = None) -> list[int]:
+    """The server's worker processes (not multiprocessing's resource tracker), oldest first."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids = [int(p) for p in found if int(p) != without and b"spawn_main" in _cmdline(int(p))]
+        if len(pids) >= count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return b""
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    except (FileNotFoundError, StopIteration):
+        return 0
