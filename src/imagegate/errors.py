@@ -7,6 +7,7 @@ and nothing else in the code base needs to know about HTTP.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -202,7 +203,10 @@ class UpstreamError(EngineError):
         failure_policy: str = "refund",
         extra: dict | None = None,
     ) -> None:
-        super().__init__(message, status=status, type=type, code=code, param=param, extra=extra)
+        # A client given the upstream's 429 or 503 waits as long as the upstream asked (the SDK reads the header).
+        headers = {"retry-after": str(math.ceil(retry_after))} \
+            if status in (429, 503) and retry_after is not None and math.isfinite(retry_after) else None
+        super().__init__(message, status=status, type=type, code=code, param=param, extra=extra, headers=headers)
         self.nothing_generated = nothing_generated
         self.retry_after = retry_after
         self.failure_policy = failure_policy

@@ -161,6 +161,9 @@ class Router:
                 f"{job.operation}{', transparent' if job.transparent else ''}).",
                 status=400, type="invalid_request_error", code="no_capable_channel",
             )
+        # A channel at its cap would have this request wait while another that can serve it has room: those with
+        # room go first, each group in routing order. Only when every one is full does it wait, for its first.
+        channels.sort(key=lambda c: c.limiter.locked())
         last_error: UpstreamError | None = None
         for channel in channels:
             attempt = 0

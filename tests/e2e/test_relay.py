@@ -395,6 +395,25 @@ def test_upstream_auth_failure_is_a_502_that_leaks_nothing(faults, tmp_path):
         assert "sk-proj" not in exc.value.message
 
 
+def test_a_misconfigured_channel_is_failed_over_at_once_not_retried(faults, backup, tmp_path):
+    faults.default = Reply(401, error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
+    with _fronting(
+        tmp_path,
+        channel("wrong-key", faults.base_url, ["gpt-image-1"], priority=10, max_retries=2),
+        channel("backup", backup.base_url, ["gpt-image-1"], priority=0),
+    ) as client:
+        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
+        assert faults.calls() == 1 and backup.calls() == 1  # its key is wrong on every try
+
+
+def test_the_upstreams_retry_after_reaches_the_client_with_its_429(faults, tmp_path):
+    faults.default = Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"), {"retry-after": "75"})
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], max_retries=0)) as client:
+        with pytest.raises(openai.RateLimitError) as exc:
+            _generate(client)
+        assert exc.value.response.headers["retry-after"] == "75"  # too long to wait here: the client decides
+
+
 def test_numeric_upstream_codes_become_strings(faults, tmp_path):
     faults.default = Reply(500, json.dumps({"error": {"message": "boom", "type": "server_error", "code": 1234}}).encode())
     with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
@@ -406,7 +425,7 @@ def test_numeric_upstream_codes_become_strings(faults, tmp_path):
 # --- what a review of the router found ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("retry_after", ["0.2", "soon", "Mon, 32 Jan 2025 10:00:00 GMT"])
+@pytest.mark.parametrize("retry_after", ["0.2", "soon", "Mon, 32 Jan 2025 10:00:00 GMT", "nan", "-5"])
 def test_a_429_is_retried_whatever_its_retry_after_says(faults, tmp_path, retry_after):
     faults.script.append(Reply(429, error_body("slow down", "requests", "rate_limit_exceeded"),
                                {"retry-after": retry_after}))

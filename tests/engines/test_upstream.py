@@ -71,6 +71,28 @@ def test_retry_after_that_cannot_be_read_is_none():
     for unreadable in ("soon", "30s", "Mon, 32 Jan 2025 10:00:00 GMT", "Mon, 01 Jan 99999 10:00:00 GMT"):
         assert retry_after_seconds({"retry-after": unreadable}) is None
     assert retry_after_seconds({"retry-after": "Mon, 01 Jan 2024 10:00:00 GMT"}) == 0.0  # in the past: now
+    for unreadable in ("nan", "inf", "-inf"):
+        assert retry_after_seconds({"retry-after": unreadable}) is None
+        assert retry_after_seconds({"retry-after-ms": unreadable}) is None
+    assert retry_after_seconds({"retry-after-ms": "-100000"}) == 0.0  # never a wait into the past
+    assert retry_after_seconds({"retry-after": "-5"}) == 0.0
+
+
+def test_a_retry_after_date_in_minus_zero_is_utc_whatever_the_machines_zone(monkeypatch):
+    import time
+    from datetime import datetime, timezone
+    from email.utils import format_datetime
+
+    from imagegate.engines.upstream import retry_after_seconds
+
+    header = format_datetime(datetime.fromtimestamp(time.time() + 30, timezone.utc)).replace("+0000", "-0000")
+    monkeypatch.setenv("TZ", "America/New_York")  # hours off UTC: read as local time, the wait would be too
+    time.tzset()
+    try:
+        assert 28 <= retry_after_seconds({"retry-after": header}) <= 31
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_spliced_answer_is_the_json_the_encoder_would_write():

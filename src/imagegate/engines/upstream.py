@@ -18,6 +18,7 @@ import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -129,24 +130,33 @@ NOTHING_GENERATED_STATUSES = {429, 502, 503}
 
 
 def retry_after_seconds(headers: "CIMultiDictProxy[str] | dict[str, str]") -> float | None:
-    """Retry-After as seconds (delta or HTTP date), or retry-after-ms."""
+    """Retry-After as seconds (delta or HTTP date), or retry-after-ms; never negative. Unreadable ("30s", "soon",
+    "nan"): as if there were none, and the usual back-off applies."""
     if "retry-after-ms" in headers:
-        try:
-            return float(headers["retry-after-ms"]) / 1000
-        except ValueError:
-            pass
+        millis = _finite(headers["retry-after-ms"])
+        if millis is not None:
+            return max(0.0, millis / 1000)
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
-        return None  # unreadable ("30s", "soon"): as if there were none, the usual back-off applies
+        return None
+    if parsed.tzinfo is None:  # "-0000": RFC 5322's UTC of unknown origin, not this machine's local time
+        parsed = parsed.replace(tzinfo=timezone.utc)
     return max(0.0, parsed.timestamp() - time.time())
+
+
+def _finite(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _short_code(value: Any, default: str) -> str:
@@ -177,6 +187,7 @@ def error_from_response(
             f"The upstream '{channel}' refused the gateway's request (HTTP {status}); the channel's key or model "
             "mapping needs the operator's attention.",
             status=502, code="upstream_misconfigured", nothing_generated=True, failure_policy="refund",
+            retry_after=math.inf,  # the same channel will refuse again: fail over now, without retrying it
         )
     if _out_of_quota(upstream):
         return _quota_exhausted(channel)
