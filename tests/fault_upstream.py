@@ -57,6 +57,11 @@ class FaultUpstream:
 
             def do_GET(self):  # noqa: N802 - image downloads for url-only answers
                 upstream.authorizations.append(self.headers.get("authorization", ""))
+                if self.path.endswith("/gone"):  # an image link that no longer works
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(200)
                 self.send_header("content-type", "image/png")
                 self.send_header("content-length", str(len(IMAGE)))

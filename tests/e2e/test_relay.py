@@ -329,6 +329,59 @@ def test_parameters_forwarded_and_policies_applied(faults, tmp_path):
         assert body.count(b'name="image[]"') == 2 and body.count(b'name="mask"') == 1
 
 
+def test_any_parameter_can_be_dropped_streaming_included(faults, tmp_path):
+    """An upstream that cannot stream: `stream` and `partial_images` dropped, its plain answer becomes the client's
+    stream; and a drop list of one's own replaces the default, as documented."""
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], drop_params=["stream", "partial_images",
+                                                                                          "response_format"])) as client:
+        events = list(client.images.generate(model="gpt-image-1", prompt="x", size="1024x1024", quality="low",
+                                             stream=True, partial_images=2))
+        sent = json.loads(faults.requests[-1][2])
+        assert not {"stream", "partial_images", "response_format"} & set(sent) and sent["quality"] == "low"
+        assert [e.type for e in events] == ["image_generation.completed"]
+        assert decode_b64(events[0].b64_json).size == (1024, 1024) and events[0].usage.output_tokens == 272
+
+
+def test_usage_without_output_tokens_is_estimated_not_taken_as_none(faults, tmp_path):
+    faults.default = Reply(200, ok_body(usage={"input_tokens": 12, "total_tokens": 12}))
+    with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"])) as client:
+        assert _generate(client).usage.output_tokens == 272  # a low 1024x1024 image, by the table
+
+
+@pytest.mark.parametrize("kind", ["openai", "chat-image"])
+def test_a_stream_line_without_end_is_cut_off_at_the_download_limit(faults, tmp_path, kind):
+    """An upstream streaming without line breaks is not kept in memory until its time runs out."""
+    faults.default = Reply(200, b"data: " + b"A" * 5_000_000, {"content-type": "text/event-stream"})
+    model = "gpt-image-1" if kind == "openai" else "gpt-4o-image"
+    with _fronting(tmp_path, channel("f", faults.base_url, [model], type=kind,
+                                     max_download_bytes=1_000_000)) as client:
+        with pytest.raises(openai.APIStatusError) as exc:
+            if kind == "openai":
+                list(client.images.generate(model=model, prompt="x", size="1024x1024", quality="low", stream=True,
+                                            partial_images=1))
+            else:
+                client.images.generate(model=model, prompt="x", size="1024x1024")
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
+        assert "of its stream passed" in exc.value.message
+
+
+def test_azure_is_told_by_its_host_not_a_substring():
+    from imagegate.config import ChannelConfig
+    from imagegate.engines.openai_compat import OpenAICompatEngine
+
+    def engine(base_url: str) -> OpenAICompatEngine:
+        return OpenAICompatEngine(ChannelConfig(name="c", base_url=base_url, api_key="secret", models=["gpt-image-1"]),
+                                  None)  # type: ignore[arg-type]
+
+    for azure in ("https://acme.openai.azure.com/openai/v1", "https://acme.cognitiveservices.azure.com/openai/v1"):
+        assert engine(azure)._headers()["api-key"] == "secret" and engine(azure).official
+    for relay in ("https://relay.azurewebsites.net/v1", "https://azure-relay.example.com/v1"):
+        headers = engine(relay)._headers()
+        assert headers["Authorization"] == "Bearer secret" and "api-key" not in headers
+        assert not engine(relay).official
+    assert engine("https://api.openai.com/v1").official
+
+
 def test_no_channel_can_honour_the_request(faults, tmp_path):
     with _fronting(tmp_path, channel("f", faults.base_url, ["gpt-image-1"], transparency=False, max_n=2)) as client:
         with pytest.raises(openai.BadRequestError) as exc:

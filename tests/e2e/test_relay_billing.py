@@ -3,11 +3,14 @@ policy is `charge` (an upstream that bills failed calls), and once when a retry 
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
 from tests.billing.live import assert_books_balance, client, metered_server, new_account, quote, settled
-from tests.fault_upstream import FaultUpstream, Reply, error_body, ok_body
+from tests.fault_upstream import USAGE, FaultUpstream, Reply, error_body, ok_body
+from tests.imaging_helpers import decode_b64
 
 BODY = {"model": "gpt-image-1", "prompt": "a fault", "size": "1024x1024", "quality": "low"}
 SERVER_ERROR = Reply(500, error_body("The server had an error", "server_error", "server_error"))
@@ -85,3 +88,36 @@ def test_upstream_usage_is_what_is_charged(faults, tmp_path):
     faults.default = Reply(200, ok_body(usage=usage))
     cost, books, _ = _run(tmp_path, [_channel("f", faults)], expect_error=False)
     assert books["settle"] == 11_000 + 2 * 5  # the per-image price plus the upstream's 2 prompt tokens at $5/M
+
+
+@pytest.mark.parametrize("kind", ["b64_json", "url"])
+def test_an_unusable_image_among_several_leaves_the_rest_delivered_and_charged(faults, tmp_path, kind):
+    """n=2, one item unusable (base64 that is no image; a link that cannot be fetched): the other is the answer
+    (fewer images than asked is one), charged as one image; the upstream's usage counted both, so what was
+    delivered is estimated."""
+    if kind == "b64_json":
+        items = [{"b64_json": "@@@@"}, json.loads(ok_body())["data"][0]]
+    else:
+        items = [{"url": faults.image_url.replace("/img.png", "/gone")}, {"url": faults.image_url}]
+    faults.default = Reply(200, json.dumps({"created": 1, "data": items, "usage": USAGE}).encode())
+    two = {**BODY, "n": 2}
+    with metered_server("sqlite", tmp_path, channels=(_channel("f", faults),)) as live:
+        key = new_account(live, "acme", "1")
+        one_image = quote(live, key, BODY)
+        result = client(live, key).images.generate(**two)
+        assert len(result.data) == 1 and decode_b64(result.data[0].b64_json).size == (1024, 1024)
+        assert result.usage.output_tokens == 272  # one low 1024x1024 image by the table, not the upstream's 2 x
+        books = settled(live, "acme")
+        assert books["settle"] == one_image and faults.calls() == 1
+        assert_books_balance(books)
+
+
+def test_an_answer_whose_every_image_is_unusable_fails_and_costs_nothing(faults, tmp_path):
+    faults.default = Reply(200, json.dumps({"created": 1, "data": [{"b64_json": "@@@@"}, {"b64_json": "!!!!"}],
+                                            "usage": USAGE}).encode())
+    with metered_server("sqlite", tmp_path, channels=(_channel("f", faults),)) as live:
+        key = new_account(live, "acme", "1")
+        with pytest.raises(openai.APIStatusError) as exc:
+            client(live, key).images.generate(**{**BODY, "n": 2})
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
+        assert settled(live, "acme")["settle"] == 0

@@ -119,13 +119,13 @@ class _Chunks:
             yield chunk
 
 
-def _split(chunks):
+def _split(chunks, max_bytes=1 << 20):
     import asyncio
 
     from imagegate.engines.upstream import _lines
 
     async def collect():
-        return [line async for line in _lines(_Chunks(chunks))]
+        return [line async for line in _lines(_Chunks(chunks), max_bytes)]
 
     return asyncio.run(collect())
 
@@ -140,3 +140,16 @@ def test_sse_lines_end_at_lf_crlf_or_cr_wherever_the_chunks_are_cut(text, expect
     for cut in range(1, len(text)):
         assert _split([text[:cut], text[cut:]]) == expected, cut
     assert _split([text[i:i + 1] for i in range(len(text))]) == expected
+
+
+def test_a_stream_line_past_the_limit_is_refused_wherever_the_chunks_are_cut():
+    from imagegate.engines.upstream import StreamTooLarge
+
+    text = b"12345\n" + b"x" * 10 + b"\nyz"
+    assert _split([text], max_bytes=10) == ["12345", "x" * 10, "yz"]  # at the limit: fine
+    for cut in range(1, len(text)):
+        assert _split([text[:cut], text[cut:]], max_bytes=10) == ["12345", "x" * 10, "yz"], cut
+        with pytest.raises(StreamTooLarge):
+            _split([text[:cut], text[cut:]], max_bytes=9)
+    with pytest.raises(StreamTooLarge):
+        _split([b"y" * 4] * 5, max_bytes=12)  # never a line break: refused once 12 bytes are passed

@@ -21,12 +21,14 @@ from imagegate.engines.base import Event, ImageDone, Job, JobDone, Progress
 from imagegate.engines.upstream import (
     Attempt,
     RelayEngine,
+    StreamTooLarge,
     UpstreamRequest,
     sse_data,
     stream_error,
     upstream_call,
     usage_from,
 )
+from imagegate.config import ChannelConfig
 from imagegate.errors import UpstreamError
 from imagegate.fetch import TooLarge, read_body
 
@@ -67,7 +69,7 @@ class ChatImageEngine(RelayEngine):
         echo = json.dumps(sent, ensure_ascii=False)[1:-1]  # our prompt as the answer's prompt block quotes it
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
-            async for data in _answer_data(response):
+            async for data in _answer_data(response, channel):
                 if data.strip() == "[DONE]":
                     break
                 try:
@@ -125,12 +127,16 @@ class ChatImageEngine(RelayEngine):
         yield JobDone(usage_from(None, job, delivered))
 
 
-async def _answer_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+async def _answer_data(response: aiohttp.ClientResponse, channel: ChannelConfig) -> AsyncIterator[str]:
     """The answer's payloads: an SSE stream's data, or, from an upstream that answers plain JSON whatever
     ``stream`` said (a whole completion, or an error), that body as one."""
     if response.content_type != "application/json":
-        async for data in sse_data(response):
-            yield data
+        try:
+            async for data in sse_data(response, 4 * MAX_ANSWER_CHARS):
+                yield data
+        except StreamTooLarge as exc:
+            raise UpstreamError(f"The upstream '{channel.name}' returned a malformed answer: {exc}.",
+                                code="upstream_bad_response", failure_policy=channel.failure_policy) from None
         return
     try:
         body = await read_body(response, 4 * MAX_ANSWER_CHARS)

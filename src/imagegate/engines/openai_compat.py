@@ -8,7 +8,9 @@ prefix, url-only answers downloaded, missing usage estimated from the token tabl
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -21,6 +23,7 @@ from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage,
 from imagegate.engines.upstream import (
     Attempt,
     RelayEngine,
+    StreamTooLarge,
     UpstreamRequest,
     UpstreamSession,
     conform,
@@ -34,8 +37,11 @@ from imagegate.engines.upstream import (
 from imagegate.imaging import header_size, sniff_format
 from imagegate.errors import UpstreamError
 
-# What OpenAI's own API refuses, so it is never sent there; relays get everything.
-_OPENAI_HOSTS = ("api.openai.com", ".openai.azure.com")
+log = logging.getLogger("imagegate.relay")
+
+# Azure's OpenAI endpoints take their key in an `api-key` header; a relay merely hosted on Azure (an App Service,
+# a Container App) is an ordinary OpenAI-compatible one. Told apart by the host's suffix, never a substring.
+_AZURE_OPENAI_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 _DEFAULT_DROPS = {
     # The reverse gpt-4o-image models bundle quality; edits don't take moderation (seed 001).
     "edit": {"moderation"},
@@ -48,7 +54,10 @@ class OpenAICompatEngine(RelayEngine):
 
     def __init__(self, channel: ChannelConfig, client: UpstreamSession) -> None:
         super().__init__(channel, client)
-        self.official = any(h in channel.base_url for h in _OPENAI_HOSTS)
+        host = (urlsplit(channel.base_url).hostname or "").lower()
+        self.azure = host.endswith(_AZURE_OPENAI_SUFFIXES)
+        # OpenAI's own API (or Azure's) refuses some parameters, which are then never sent there; relays get all.
+        self.official = host == "api.openai.com" or self.azure
 
     # -- request building --------------------------------------------------------------------------------------
 
@@ -65,9 +74,6 @@ class OpenAICompatEngine(RelayEngine):
             # (its own 'auto' may pick a dearer one, which the operator would pay for).
             params["quality"] = job.quality
         params.update(job.client_params)
-        drops = set(channel.drop_params) if channel.drop_params is not None else _DEFAULT_DROPS[job.operation]
-        for name in drops:
-            params.pop(name, None)
         send_format = channel.send_response_format
         if send_format is None:
             send_format = not (self.official and job.model.id.startswith(("gpt-image", "chatgpt-image")))
@@ -76,12 +82,17 @@ class OpenAICompatEngine(RelayEngine):
         if job.partial_images:
             params["stream"] = True
             params["partial_images"] = job.partial_images
+        # Last, so that any parameter can be dropped: an upstream that cannot stream gets no `stream` (its whole
+        # answer is then turned into the client's stream).
+        drops = set(channel.drop_params) if channel.drop_params is not None else _DEFAULT_DROPS[job.operation]
+        for name in drops:
+            params.pop(name, None)
         return {channel.rename_params.get(k, k): v for k, v in params.items()}
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if self.channel.api_key:
-            if "azure" in self.channel.base_url:
+            if self.azure:
                 headers["api-key"] = self.channel.api_key
             else:
                 headers["Authorization"] = f"Bearer {self.channel.api_key}"
@@ -153,15 +164,26 @@ class OpenAICompatEngine(RelayEngine):
                     raise ValueError("no images in 'data'")
             except ValueError as exc:
                 raise self._malformed(str(exc)) from None
-            for index, item in enumerate(items[: job.n]):
+            delivered, failed = handed, None
+            asked = items[: job.n]
+            for index, item in enumerate(asked):
                 if index < handed:
                     continue
                 try:
-                    done = await self._image(job, index, item)
+                    done = await self._image(job, delivered, item)
                 except (ValueError, aiohttp.ClientError, OSError) as exc:
-                    raise self._malformed(f"image {index}: {exc}") from None
+                    # Fewer images than asked is an answer, paid for what it holds (as the chat relay's): one
+                    # that cannot be read or fetched is left out, and the request fails only if none could be.
+                    log.warning("upstream %s: image %d of %d is unusable: %s", self.channel.name, index + 1,
+                                len(asked), exc)
+                    failed = failed or self._malformed(f"image {index}: {exc}")
+                    continue
                 yield done
-            yield JobDone(usage_from(payload.get("usage"), job, min(len(items), job.n)))
+                delivered += 1
+            if failed is not None and not delivered:
+                raise failed
+            # The upstream's usage counts every image it made; with some left out, what was delivered is estimated.
+            yield JobDone(usage_from(payload.get("usage") if failed is None else None, job, delivered))
         except BaseException as exc:
             # Whoever forwards an image still arriving must stop, and not end its answer as if it were whole.
             scanner.abort(exc if isinstance(exc, UpstreamError) else self._malformed("the answer was cut off"))
@@ -192,10 +214,17 @@ class OpenAICompatEngine(RelayEngine):
         return ImageDone(index, data, fmt, size, revised)
 
     async def _read_stream(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+        try:
+            async for event in self._stream_events(job, response):
+                yield event
+        except StreamTooLarge as exc:
+            raise self._malformed(str(exc)) from None
+
+    async def _stream_events(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         index = 0
         usage = Usage()
         saw_usage = False
-        async for data in sse_data(response):
+        async for data in sse_data(response, self.channel.max_download_bytes):
             if data.strip() == "[DONE]":
                 break
             try:

@@ -433,24 +433,34 @@ def conform(data: bytes, fmt: str, compression: int, transparent: bool) -> tuple
     return imaging.encode(upload.image, fmt, compression=compression, transparent=transparent), fmt, upload.size
 
 
-async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The ``data:`` payloads of an SSE stream, multi-line data joined."""
+class StreamTooLarge(ValueError):
+    """An SSE line, or an event's data, past the channel's download limit: no image event is that long."""
+
+
+async def sse_data(response: aiohttp.ClientResponse, max_bytes: int) -> AsyncIterator[str]:
+    """The ``data:`` payloads of an SSE stream, multi-line data joined. Raises :class:`StreamTooLarge` past
+    ``max_bytes`` in a line or an event, rather than keep what an upstream sends without a line break."""
     lines: list[str] = []
-    async for line in _lines(response.content):
+    size = 0
+    async for line in _lines(response.content, max_bytes):
         if line == "":
             if lines:
                 yield "\n".join(lines)
-                lines = []
+                lines, size = [], 0
         elif line.startswith("data:"):
             lines.append(line[5:].lstrip(" "))
+            size += len(line)
+            if size > max_bytes:
+                raise StreamTooLarge(f"an event of its stream passed {max_bytes:,} bytes")
     if lines:
         yield "\n".join(lines)
 
 
-async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """Lines of any length (an event carrying a partial image is one line of megabytes, past what aiohttp's own
-    line reader takes), without their line break: LF, CRLF or a lone CR, as SSE allows."""
+async def _lines(stream: aiohttp.StreamReader, max_bytes: int) -> AsyncIterator[str]:
+    """Lines of any length up to ``max_bytes`` (an event carrying a partial image is one line of megabytes, past
+    what aiohttp's own line reader takes), without their line break: LF, CRLF or a lone CR, as SSE allows."""
     pending: list[bytes] = []
+    held = 0  # bytes in pending
     after_cr = False  # the last chunk ended in CR: an LF opening the next one belongs to it
     async for chunk in stream.iter_any():
         start = 1 if after_cr and chunk[:1] == b"\n" else 0
@@ -458,9 +468,11 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
         next_lf, next_cr = chunk.find(b"\n", start), chunk.find(b"\r", start)
         while next_lf >= 0 or next_cr >= 0:
             end = next_lf if next_cr < 0 or 0 <= next_lf < next_cr else next_cr
+            if held + end - start > max_bytes:
+                raise StreamTooLarge(f"a line of its stream passed {max_bytes:,} bytes")
             pending.append(chunk[start:end])
             yield b"".join(pending).decode("utf-8", "replace")
-            pending = []
+            pending, held = [], 0
             start = end + 1
             if end == next_cr:
                 if start == len(chunk):
@@ -473,20 +485,26 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[str]:
                 next_cr = chunk.find(b"\r", start)
         if start < len(chunk):
             pending.append(chunk[start:])
+            held += len(chunk) - start
+            if held > max_bytes:
+                raise StreamTooLarge(f"a line of its stream passed {max_bytes:,} bytes")
     if pending:
         yield b"".join(pending).decode("utf-8", "replace")
 
 
 def usage_from(raw: Any, job: Job, delivered: int) -> Usage:
+    """The upstream's usage; where it gives none, or no output tokens (the images' own, billed at the highest
+    rate), what the token tables say for what was delivered, marked as an estimate."""
     if isinstance(raw, dict):
         details = raw.get("input_tokens_details") or {}
         try:
             text = int(details.get("text_tokens", raw.get("input_tokens", 0) if not details else 0))
             image = int(details.get("image_tokens", 0))
-            return Usage(text_tokens=text, image_tokens=image, output_tokens=int(raw.get("output_tokens", 0)))
-        except (TypeError, ValueError):
+            output = int(raw["output_tokens"])
+            if min(text, image, output) >= 0:
+                return Usage(text_tokens=text, image_tokens=image, output_tokens=output)
+        except (KeyError, TypeError, ValueError):
             pass
-    # No usage from the upstream: what the token tables say for what was delivered, marked as an estimate.
     estimate = job_usage(job)
     per_image = estimate.output_tokens // max(job.n, 1)
     return Usage(estimate.text_tokens, estimate.image_tokens, per_image * delivered, estimated=True)
