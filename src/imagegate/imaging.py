@@ -36,9 +36,8 @@ class Upload:
 
     @property
     def has_alpha(self) -> bool:
-        return self.image.mode in ("RGBA", "LA", "PA") or (
-            self.image.mode == "P" and "transparency" in self.image.info
-        )
+        # A tRNS chunk gives any PNG mode (P, but also RGB, L, 1) a transparent colour or index.
+        return self.image.mode in ("RGBA", "LA", "PA") or "transparency" in self.image.info
 
 
 def decode_upload(data: bytes, *, param: str, max_pixels: int) -> Upload:
@@ -79,22 +78,24 @@ def decode_upload(data: bytes, *, param: str, max_pixels: int) -> Upload:
     return Upload(image=image, format=fmt, nbytes=len(data))
 
 
-def check_mask(mask: Upload, base: Upload) -> None:
+def check_mask(mask: Upload, base: Upload, *, param: str = "mask") -> None:
     if mask.format != "png":
-        raise InvalidRequestMask(f"The mask must be a PNG with an alpha channel, not {mask.format}.")
+        raise InvalidRequestMask(f"The mask must be a PNG with an alpha channel, not {mask.format}.", param=param)
     if mask.size != base.size:
         raise InvalidRequestMask(
-            f"The mask is {mask.size} but the first image is {base.size}; they must have the same dimensions."
+            f"The mask is {mask.size} but the first image is {base.size}; they must have the same dimensions.",
+            param=param,
         )
     if not mask.has_alpha:
         raise InvalidRequestMask(
-            "The mask must be a PNG with an alpha channel: fully transparent pixels (alpha 0) mark the area to edit."
+            "The mask must be a PNG with an alpha channel: fully transparent pixels (alpha 0) mark the area to edit.",
+            param=param,
         )
 
 
 class InvalidRequestMask(InvalidImage):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="mask")
+    def __init__(self, message: str, *, param: str = "mask") -> None:
+        super().__init__(message, param=param)
 
 
 def encode(image: Image.Image, fmt: str, *, compression: int, transparent: bool) -> bytes:

@@ -48,6 +48,7 @@ class RawRequest:
     multipart: bool = False
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (param name, bytes)
     mask: bytes | None = None
+    mask_param: str = "mask"  # what a refusal of the mask names: a JSON edit's is 'mask.image_url'
     # The id the API answered with (x-request-id), carried into the logs, the holds and the usage log, so that
     # the id a user reports finds the request; None (off the API): a new one.
     request_id: str | None = None
@@ -150,13 +151,19 @@ def _type_name(value: Any) -> str:
     return "null"
 
 
-def resolve_model(catalog: Catalog, model_id: Any, operation: str) -> Model:
-    if model_id is None:
-        model_id = DEFAULT_MODEL
-    if not isinstance(model_id, str):
+def check_model_type(model_id: Any) -> str | None:
+    """A request's ``model`` (None when unset), refused unless a string."""
+    if model_id is not None and not isinstance(model_id, str):
         raise InvalidType(
             f"Invalid type for 'model': expected a string, but got {_type_name(model_id)} instead.", param="model"
         )
+    return model_id
+
+
+def resolve_model(catalog: Catalog, model_id: Any, operation: str) -> Model:
+    model_id = check_model_type(model_id)
+    if model_id is None:
+        model_id = DEFAULT_MODEL
     model = catalog.get(model_id)
     if model is None:
         raise InvalidRequest(
@@ -313,11 +320,13 @@ async def validate_request(
 def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_image_bytes: int):
     if not raw.images:
         raise MissingParameter("image")
+    # A refusal of the images together names their field: a JSON edit's 'images', not its first item's own param.
+    together = "images" if raw.images[0][0].startswith("images[") else raw.images[0][0]
     if len(raw.images) > model.max_input_images:
         raise InvalidRequest(
             f"Too many images: model '{model.id}' takes at most {model.max_input_images} input image"
             f"{'s' if model.max_input_images != 1 else ''}, but got {len(raw.images)}.",
-            param=raw.images[0][0],
+            param=together,
         )
     # Each image is checked against the per-image limit when decoded; the headers alone bound the whole request
     # first, so sixteen blank 40-megapixel PNGs (a few MB on the wire) can't take gigabytes to decode.
@@ -327,7 +336,7 @@ def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_im
         raise InvalidRequest(
             f"The input images hold {total:,} pixels together; a request may carry at most {budget:,}. "
             "Send fewer or smaller images.",
-            param=raw.images[0][0],
+            param=together,
             code="image_too_large",
         )
     uploads = []
@@ -348,8 +357,9 @@ def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_im
             )
     mask_image = None
     if raw.mask is not None:
-        mask = imaging.decode_upload(raw.mask, param="mask", max_pixels=max_input_pixels)
-        imaging.check_mask(mask, uploads[0])
+        mask = imaging.decode_upload(raw.mask, param=raw.mask_param, max_pixels=max_input_pixels)
+        imaging.check_mask(mask, uploads[0], param=raw.mask_param)
+        # Read as RGBA whatever its mode: only so does a tRNS chunk's transparent colour become alpha 0.
         mask_image = mask.image.convert("RGBA")
     files = tuple((data, u.format) for (_, data), u in zip(raw.images, uploads))
     mask_file = (raw.mask, "png") if raw.mask is not None else None
@@ -363,7 +373,7 @@ def image_reference_url(ref: Any, param: str) -> str:
     """The URL of a JSON edit body's ``{"image_url": ...}`` (a ``file_id`` is refused: there is no Files API)."""
     if not isinstance(ref, dict):
         raise InvalidType(f"Invalid type for '{param}': expected an object with 'image_url'.", param=param)
-    if "file_id" in ref:
+    if ref.get("file_id") is not None:  # generated clients send every unset field as null
         raise InvalidRequest(
             f"Invalid '{param}': file_id references are not supported by this server (it has no Files API); send "
             "the image's URL or a base64 data URL in 'image_url', or use a multipart request.",
@@ -383,7 +393,16 @@ def decode_data_url(url: str, param: str) -> bytes:
             f"Invalid '{param}': expected an http(s) URL or a base64 data URL such as 'data:image/png;base64,...'.",
             param=param,
         )
+    data = match.group(3)
     try:
-        return base64.b64decode(match.group(3), validate=False)
+        # Strictly: a lenient decode drops what is not base64, and '!!!!' came out as an empty file.
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(f"Invalid '{param}': the base64 data is corrupt.", param=param) from None
+        pass
+    try:  # base64 wrapped in lines (as MIME writes it) is still base64
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(
+            f"Invalid '{param}': the data URL's base64 is invalid ({exc}). Send the image's bytes in standard base64.",
+            param=param,
+        ) from None

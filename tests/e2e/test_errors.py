@@ -294,11 +294,28 @@ def test_edits_without_content_type_is_415(http):
     pytest.param(b"", "empty", id="empty"),
     pytest.param(b'{"n": ' + b"9" * 5000 + b"}", "not valid JSON", id="huge-number"),
     pytest.param(b"[" * 100_000, "nested too deeply", id="deep-nesting"),
+    # Lone surrogates: json.loads takes them, UTF-8 cannot carry them (they were a 502, or a 500 in the model name).
+    pytest.param(b'{"model": "gpt-image-1.5", "prompt": "a \\ud800 cat"}', "lone surrogate", id="surrogate-prompt"),
+    pytest.param(b'{"model": "gpt-image-\\uDC00", "prompt": "a cat"}', "lone surrogate", id="surrogate-model"),
+    pytest.param(b'{"prompt": "a cat", "\\ud83e": 1}', "lone surrogate", id="surrogate-key"),
+    pytest.param(b'{"prompt": "a \xed\xa0\x80 cat"}', "lone surrogate", id="surrogate-raw-utf8-bytes"),
+    pytest.param('{"prompt": "a \\ud800 cat"}'.encode("utf-16-le"), "lone surrogate", id="surrogate-utf16-body"),
 ])
 def test_unusable_json_body_is_400(http, path, body, fragment):
     response = http.post(path, content=body, headers={**AUTH, "content-type": "application/json"})
     error = assert_envelope(response, 400, code="invalid_value")
     assert fragment in error["message"]
+
+
+@pytest.mark.parametrize("prompt", [
+    pytest.param(b"a \\ud83e\\udd8a in the snow", id="escaped-pair"),
+    pytest.param("a \U0001F98A in the snow".encode(), id="raw-pair"),
+    pytest.param(b"a \\\\ud800 in the snow", id="escaped-backslash-then-ud800"),
+])
+def test_json_text_that_only_looks_like_a_lone_surrogate_is_fine(http, prompt):
+    body = b'{"model": "gpt-image-1", "prompt": "' + prompt + b'", "size": "1024x1024", "quality": "low"}'
+    response = http.post("/v1/images/generations", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 200, response.text
 
 
 def test_json_charset_parameter_is_fine(http):

@@ -7,6 +7,7 @@ that the response carries ``x-request-id`` (which the SDK surfaces as ``request_
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
 import os
@@ -16,7 +17,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from tests import openapi
 from tests.imaging_helpers import decode_b64, mask_bytes, png_bytes
@@ -346,6 +347,74 @@ def test_json_edit_with_empty_images_names_images(client):
     )
 
 
+# --- JSON edits: each refusal names the item at fault ---------------------------------------------------------------
+
+
+def _data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _json_edit(client: OpenAI, **body: Any) -> httpx.Response:
+    body = {"model": "gpt-image-1", "prompt": PROMPT, "size": "1024x1024", "quality": "low",
+            "images": [{"image_url": _data_url(png_bytes(64, 64))}], **body}
+    return client.post("/images/edits", body=body, cast_to=httpx.Response)
+
+
+@pytest.mark.parametrize("model, named", [(["gpt-image-1"], "an array"), ({"id": "gpt-image-1"}, "an object")])
+def test_json_edit_model_of_the_wrong_type_is_invalid_type(client, model, named):
+    # It was a 500: the catalog was asked for an unhashable model before anything checked its type.
+    expect_400(lambda: _json_edit(client, model=model), param="model", code="invalid_type",
+               contains=("'model'", "expected a string", named))
+
+
+def test_json_edit_null_file_id_is_unset(client):
+    # Generated clients send every unset field as null: only a file_id with a value is the unsupported reference.
+    response = _json_edit(client, images=[{"image_url": _data_url(png_bytes(64, 64)), "file_id": None}],
+                          mask={"image_url": _data_url(mask_bytes(64, 64, (0, 0, 32, 32))), "file_id": None})
+    assert response.status_code == 200
+    assert decode_b64(response.json()["data"][0]["b64_json"]).size == (1024, 1024)
+    expect_400(lambda: _json_edit(client, images=[{"image_url": _data_url(png_bytes(64, 64)), "file_id": "file-1"}]),
+               param="images[0]", code="invalid_value", contains=("file_id",))
+
+
+_GOOD = {"image_url": _data_url(png_bytes(64, 64))}
+
+
+@pytest.mark.parametrize("body, param, code, contains", [
+    pytest.param({"images": [_GOOD, {"image_url": _data_url(b"just some text")}]}, "images[1].image_url",
+                 "invalid_image", ("'images[1].image_url'", "PNG, JPEG or WebP"), id="second-image-not-an-image"),
+    pytest.param({"images": [_GOOD, {"image_url": _data_url(_noisy_png()[:4000])}]}, "images[1].image_url",
+                 "invalid_image", ("truncated",), id="second-image-truncated"),
+    pytest.param({"images": [{"image_url": "data:image/png;base64,!!!!"}]}, "images[0].image_url",
+                 "invalid_value", ("'images[0].image_url'", "base64 is invalid"), id="bad-base64"),
+    pytest.param({"images": [_GOOD, {"image_url": "data:image/png;base64,iVBORw0KGgo-_"}]}, "images[1].image_url",
+                 "invalid_value", ("base64 is invalid",), id="url-safe-base64-in-second"),
+    pytest.param({"mask": {"image_url": "data:image/png;base64,!!!!"}}, "mask.image_url", "invalid_value",
+                 ("'mask.image_url'", "base64 is invalid"), id="mask-bad-base64"),
+    pytest.param({"mask": {"image_url": _data_url(b"just some text")}}, "mask.image_url", "invalid_image",
+                 ("PNG, JPEG or WebP",), id="mask-not-an-image"),
+    pytest.param({"mask": {"image_url": _data_url(mask_bytes(32, 32, (0, 0, 8, 8)))}}, "mask.image_url",
+                 "invalid_image", ("same dimensions",), id="mask-size-mismatch"),
+    pytest.param({"mask": {"image_url": _data_url(png_bytes(64, 64, mode="RGB"))}}, "mask.image_url",
+                 "invalid_image", ("alpha",), id="mask-without-alpha"),
+])
+def test_json_edit_refusal_names_the_image_at_fault(client, body, param, code, contains):
+    expect_400(lambda: _json_edit(client, **body), param=param, code=code, contains=contains)
+
+
+def test_json_edit_images_together_are_named_images(client):
+    big = _data_url(_encoded(Image.new("L", (6000, 6000)), "PNG"))
+    expect_400(lambda: _json_edit(client, images=[{"image_url": big}] * 3), param="images", code="image_too_large",
+               contains=("pixels together",))
+
+
+def test_json_edit_base64_wrapped_in_lines_is_accepted(client):
+    encoded = base64.encodebytes(png_bytes(64, 64)).decode()  # MIME style: a newline every 76 characters
+    assert "\n" in encoded.strip()
+    response = _json_edit(client, images=[{"image_url": "data:image/png;base64," + encoded}])
+    assert response.status_code == 200
+
+
 # --- values at the edge of what is allowed are accepted ----------------------------------------------------------
 
 
@@ -396,6 +465,30 @@ def test_sixteen_images_and_a_matching_mask_are_accepted(client):
                                 image=[_png() for _ in range(16)], mask=("mask.png", mask_bytes(64, 64, (0, 0, 32, 32)),
                                                                          "image/png"))
     assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
+
+
+@pytest.mark.parametrize("mode, opaque, transparent", [("RGB", (255, 255, 255), (0, 0, 0)), ("L", 255, 0)])
+def test_mask_with_trns_transparency_repaints_its_transparent_area(client, mode, opaque, transparent):
+    """A PNG without an alpha channel whose tRNS chunk names a transparent colour is a mask (it was refused as
+    having no alpha), and its pixels of that colour are the area repainted."""
+    mask = Image.new(mode, (1024, 1024), opaque)
+    mask.paste(transparent, (0, 0, 512, 1024))  # left half transparent: repaint it
+    base = png_bytes(1024, 1024, (30, 160, 60, 255))
+    result = client.images.edit(
+        model="gpt-image-1.5", prompt="a purple sky with stars", image=("base.png", base, "image/png"),
+        mask=("mask.png", _encoded_png(mask, transparency=transparent), "image/png"), size="1024x1024",
+        quality="low",
+    )
+    image = decode_b64(result.data[0].b64_json).convert("RGB")
+    diff = ImageChops.difference(image, Image.new("RGB", (1024, 1024), (30, 160, 60)))
+    assert max(ImageStat.Stat(diff.crop((700, 100, 1000, 400))).mean) < 8  # kept
+    assert sum(ImageStat.Stat(diff.crop((40, 40, 470, 980))).mean) / 3 > 30  # repainted
+
+
+def _encoded_png(image: Image.Image, **options: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG", **options)
+    return out.getvalue()
 
 
 def test_many_large_inputs_are_refused_before_decoding(client):

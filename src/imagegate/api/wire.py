@@ -11,6 +11,7 @@ from fastapi import Request
 from imagegate.errors import InvalidRequest
 
 
+
 def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -25,9 +26,35 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
     except RecursionError:
         raise InvalidRequest("The request body is not valid JSON here: it is nested too deeply.") from None
+    if _holds_lone_surrogate(body):
+        raise InvalidRequest(
+            "The request body is not valid JSON text: a string holds a lone surrogate (\\ud800 to \\udfff without "
+            "its pair), which is no character. Send text as UTF-8."
+        )
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+def _holds_lone_surrogate(body: Any) -> bool:
+    """json.loads takes lone surrogates, escaped (\\ud800) or raw (UTF-8 bytes ED A0 80), and they would fail much
+    later, wherever the string is encoded (the prompt sent upstream, the error envelope naming the model)."""
+    pending = [body]  # not recursive: the body may be nested almost as deep as the parser's own limit
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if value.isascii():  # a flag CPython keeps: megabytes of data URL cost nothing here
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def request_id(request: Request) -> str | None:
