@@ -196,6 +196,8 @@ REFUSALS = [
            ("'quality'", "gpt-4o-image")),
     *_both("complexity-on-gpt-image-2", {"model": "gpt-image-2", "extra_body": {"complexity": "low"}}, "complexity",
            "unknown_parameter", ("'complexity'",)),
+    *_one(EDIT, "json-images-field-in-a-form", {"model": "gpt-image-1", "extra_body": {"images": "foo"}}, "images",
+          "unknown_parameter", ("'images'", "'image[]'")),  # it was taken, and silently ignored
     *_both("unknown-field", {"model": "gpt-image-1", "extra_body": {"definitely_not_a_param": 1}},
            "definitely_not_a_param", "unknown_parameter", ("'definitely_not_a_param'",)),
     # wrong types the SDK lets through extra_body

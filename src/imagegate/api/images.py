@@ -66,6 +66,10 @@ async def _multipart(request: Request, settings) -> RawRequest:
         else:
             if name in ("image", "image[]", "mask"):
                 raise InvalidType(f"Invalid type for '{name}': expected a file upload, but got text.", param=name)
+            if name == "images":  # the JSON body's field: in a form it would be taken, and silently ignored
+                raise InvalidRequest("Unknown parameter: 'images'. A multipart edit sends its images as files in "
+                                     "'image' or 'image[]'; 'images' is the JSON body's.", param=name,
+                                     code="unknown_parameter")
             fields[name] = value
     await form.close()
     return RawRequest("edit", fields, multipart=True, images=images, mask=mask)
