@@ -459,3 +459,18 @@ def test_too_many_image_urls_are_refused_before_any_fetch(server):
         answer = _json_edit(server.base_url, [host.url] * 17)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "images"
         assert host.hits == []
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_unmasked_transparent_edit_of_an_opaque_image_cuts_out_the_background(client, fmt):
+    base = png_bytes(1024, 1024, (40, 120, 200), mode="RGB")  # fully opaque: no alpha channel at all
+    result = client.images.edit(model="gpt-image-1.5", prompt="make it a sticker", image=("base.png", base, "image/png"),
+                                background="transparent", output_format=fmt, size="1024x1024", quality="low")
+    assert result.background == "transparent" and result.output_format == fmt
+    image = decode_b64(result.data[0].b64_json)
+    assert image.format == fmt.upper() and image.size == (1024, 1024)
+    assert image.mode == "RGBA"  # webp keeps its alpha channel
+    alpha = image.getchannel("A")
+    assert alpha.getextrema() == (0, 255)
+    hist = alpha.histogram()
+    assert hist[0] > 0.1 * 1024 * 1024 and hist[255] > 0.1 * 1024 * 1024  # a real cut-out, not a few pixels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagegate import imaging
 from imagegate.engines import sandbox_render as sr
 from imagegate.engines.sandbox_render import render_edit, render_generation, render_partial
 
@@ -372,6 +374,34 @@ def test_edit_without_mask_transparent_keeps_base_alpha() -> None:
     flat = render_edit("fog", 800, 600, seed=1, images=[base], mask=None, transparent=False)
     assert flat.mode == "RGB"
     assert arr(flat)[250:450, 20:380].mean() > 20
+
+
+def test_edit_without_mask_transparent_cuts_the_subject_out_of_an_opaque_backdrop() -> None:
+    base = Image.new("RGB", (800, 600), (245, 245, 240))  # a plain studio backdrop ...
+    base.paste((200, 30, 30), (300, 200, 500, 400))  # ... around a red subject
+    out = render_edit("make it shiny", 800, 600, seed=2, images=[base], mask=None, transparent=True)
+    assert out.mode == "RGBA" and out.size == (800, 600)
+    a = np.asarray(out.getchannel("A"))
+    assert (a[320:390, 310:490] == 255).all()  # the subject stays opaque (below the caption band)
+    assert (a[200:400, 20:280] == 0).all() and (a[450:, :] == 0).all()  # the backdrop is gone
+    rgb = arr(out.convert("RGB"))[320:390, 310:490].mean(axis=(0, 1))
+    assert rgb[0] > rgb[1] + 60 and rgb[0] > rgb[2] + 60  # and it is still the red subject
+    again = render_edit("make it shiny", 800, 600, seed=2, images=[base], mask=None, transparent=True)
+    assert again.tobytes() == out.tobytes()
+
+
+@pytest.mark.parametrize("base", [Image.new("RGB", (512, 512), (40, 120, 200)), pattern()], ids=["flat", "busy"])
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_edit_without_mask_transparent_of_an_opaque_picture_has_a_transparent_background(base, fmt) -> None:
+    # No backdrop to find: the edit is cut to the prompt's subject silhouette, never left fully opaque.
+    out = render_edit("a festive sticker", 1024, 1024, seed=3, images=[base], mask=None, transparent=True)
+    a = np.asarray(out.getchannel("A"))
+    assert (a == 0).mean() > 0.2 and (a == 255).mean() > 0.1
+    assert (a[-40:, :] == 0).all()  # the margins are background
+    decoded = Image.open(io.BytesIO(imaging.encode(out, fmt, compression=100, transparent=True)))
+    assert decoded.mode == "RGBA" and decoded.getchannel("A").getextrema() == (0, 255)
+    # The opaque variant is unaffected: RGB, no cut-out.
+    assert render_edit("a festive sticker", 1024, 1024, seed=3, images=[base], mask=None, transparent=False).mode == "RGB"
 
 
 def test_edit_cover_crops_to_exact_size() -> None:

@@ -84,8 +84,10 @@ def render_edit(
       the repaint area gets new seeded content from the prompt and the rest keeps the base pixels.
     * Without a mask the base gets a light palette tint and a caption band with the prompt words.
     * ``images[1:]`` are composited as framed inset thumbnails along the bottom-right.
-    * ``transparent`` -> RGBA keeping the base's alpha (repainted areas take the generation's alpha); otherwise
-      RGB, where any transparency of the base is filled with prompt-derived content.
+    * ``transparent`` -> RGBA keeping the base's alpha (repainted areas take the generation's alpha); without a
+      mask, a base with no fully transparent pixel gets its backdrop cut out (see :func:`_cut_out`), so the
+      output always has a transparent background.  Otherwise RGB, where any transparency of the base is filled
+      with prompt-derived content.
     """
     width, height = _check_size(width, height)
     if not images:
@@ -114,7 +116,13 @@ def render_edit(
         tint = _background(width, height, palette, np.random.default_rng(_mix_seed("edit-bg", seed, prompt)))
         rgb = Image.blend(base_rgb, tint, 0.24)
         if transparent:
-            alpha = base_alpha.copy()
+            if base_alpha.getextrema()[0] == 0:
+                alpha = base_alpha.copy()  # the input is already a cut-out: keep it
+            else:
+                # An opaque (or only partly translucent) input: cut the subject out of its backdrop, as a real
+                # model's transparent edit does, instead of returning a picture with no transparency at all.
+                rgb, cutout = _cut_out(rgb, base_rgb, prompt, seed)
+                alpha = ImageChops.darker(base_alpha, cutout)
         else:
             if not base_opaque:
                 rgb = Image.composite(rgb, tint, base_alpha)
@@ -901,6 +909,45 @@ def _draw_caption(
 # --------------------------------------------------------------------------------------------------------------
 # Edit helpers
 # --------------------------------------------------------------------------------------------------------------
+
+
+_CUTOUT_MAX_SIDE = 256  # the subject is found at most this large, then its mask is upscaled
+_CUTOUT_DISTANCE = 40  # a pixel further than this (largest channel difference) from the backdrop is subject
+_CUTOUT_SUBJECT_RANGE = (0.02, 0.9)  # outside this share of the picture there is no usable subject/backdrop split
+_CUTOUT_PLAIN_BORDER = 0.85  # share of the border that must be close to its median colour to be a backdrop
+
+
+def _cut_out(
+    rgb: Image.Image, base_rgb: Image.Image, prompt: str, seed: int
+) -> tuple[Image.Image, Image.Image]:
+    """The (colour, alpha) of an unmasked transparent edit of an opaque base: subject 255, backdrop 0.
+
+    The backdrop is the colour around the base's border (its per-channel median) when most of the border is
+    close to it; pixels clearly different from it are the subject, with a slightly soft edge.  When that split
+    finds no subject (a flat picture) or no plain backdrop (a busy photo), the edited picture is cut to the
+    silhouette of the prompt's subject instead - the same shapes and soft shadows a transparent generation with
+    this prompt and seed draws - so the base still shows inside the shapes.  Deterministic: no randomness beyond
+    the seeded scene.
+    """
+    width, height = rgb.size
+    f = min(1.0, _CUTOUT_MAX_SIDE / max(width, height))
+    sw, sh = max(1, round(width * f)), max(1, round(height * f))
+    small = np.asarray(base_rgb.resize((sw, sh), Image.Resampling.BOX), dtype=np.int16)
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    backdrop = np.median(border, axis=0)
+    subject = np.abs(small - backdrop).max(axis=2) > _CUTOUT_DISTANCE
+    plain_border = float((np.abs(border - backdrop).max(axis=1) <= _CUTOUT_DISTANCE // 2).mean())
+    low, high = _CUTOUT_SUBJECT_RANGE
+    if min(sw, sh) >= 8 and plain_border >= _CUTOUT_PLAIN_BORDER and low <= float(subject.mean()) <= high:
+        mask = Image.fromarray(subject.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(3))
+        mask = mask.resize((width, height), Image.Resampling.BILINEAR)
+        # Steepen the upscaled ramp: crisp but anti-aliased edges, and exact 0 / 255 away from them.
+        return rgb, mask.point([min(255, max(0, round((v - 64) * 2))) for v in range(256)])
+    scene_rgb, scene_alpha = _compose(prompt, width, height, seed=seed, transparent=True, caption=False)
+    assert scene_alpha is not None
+    # The base inside the solid shapes, the scene's shadow colour where only the soft shadows reach.
+    solid = scene_alpha.point([255 if v == 255 else 0 for v in range(256)])
+    return Image.composite(rgb, scene_rgb, solid), scene_alpha
 
 
 def _place_thumbnails(canvas: Image.Image, alpha: Image.Image | None, extras: list[Image.Image]) -> None:
