@@ -186,16 +186,22 @@ def test_500_is_returned_with_the_upstreams_code_and_not_retried(faults, tmp_pat
         assert faults.calls() == 1
 
 
-def test_503_retried_then_fails_over_to_the_next_channel(faults, backup, tmp_path):
-    faults.default = Reply(503, error_body("overloaded", "server_error", "overloaded"))
+@pytest.mark.parametrize("reply, max_retries, tries", [
+    # Overloaded: retried, then the next channel.
+    (Reply(503, error_body("overloaded", "server_error", "overloaded")), 1, 2),
+    # Misconfigured (its key is wrong on every try): the next channel at once, whatever max_retries says.
+    (Reply(401, error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key")), 2, 1),
+], ids=["503-retried", "401-not-retried"])
+def test_a_failing_channel_fails_over_to_the_next(faults, backup, tmp_path, reply, max_retries, tries):
+    faults.default = reply
     with _fronting(
         tmp_path,
-        channel("primary", faults.base_url, ["gpt-image-1"], priority=10, max_retries=1),
+        channel("primary", faults.base_url, ["gpt-image-1"], priority=10, max_retries=max_retries),
         channel("backup", backup.base_url, ["gpt-image-1"], priority=0),
     ) as client:
         result = _generate(client)
         assert decode_b64(result.data[0].b64_json).size == (1024, 1024)
-        assert faults.calls() == 2 and backup.calls() == 1
+        assert faults.calls() == tries and backup.calls() == 1
 
 
 def test_connection_refused_fails_over(faults, tmp_path):
@@ -446,17 +452,6 @@ def test_upstream_auth_failure_is_a_502_that_leaks_nothing(faults, tmp_path):
             _generate(client)
         assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_misconfigured"
         assert "sk-proj" not in exc.value.message
-
-
-def test_a_misconfigured_channel_is_failed_over_at_once_not_retried(faults, backup, tmp_path):
-    faults.default = Reply(401, error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
-    with _fronting(
-        tmp_path,
-        channel("wrong-key", faults.base_url, ["gpt-image-1"], priority=10, max_retries=2),
-        channel("backup", backup.base_url, ["gpt-image-1"], priority=0),
-    ) as client:
-        assert decode_b64(_generate(client).data[0].b64_json).size == (1024, 1024)
-        assert faults.calls() == 1 and backup.calls() == 1  # its key is wrong on every try
 
 
 def test_the_upstreams_retry_after_reaches_the_client_with_its_429(faults, tmp_path):
