@@ -68,14 +68,14 @@ def test_a_rebinding_name_never_reaches_the_loopback_server(local_image, dns):
     dns["rebind.test"] = [PUBLIC, "127.0.0.1"]
     with pytest.raises(InvalidRequest, match="private or loopback"):
         asyncio.run(fetch_image(f"http://rebind.test:{port}/a.png", param="messages[0].content[1]",
-                                max_bytes=1 << 20, timeout_s=5, allow_private=False))
+                                max_bytes=1 << 20, allow_private=False))
     assert hits == []
 
 
 def test_a_loopback_name_is_fetched_when_the_operator_allows_private_addresses(local_image, dns):
     port, hits = local_image
     dns["local.test"] = ["127.0.0.1"]
-    data = asyncio.run(fetch_image(f"http://local.test:{port}/a.png", param="p", max_bytes=1 << 20, timeout_s=5,
+    data = asyncio.run(fetch_image(f"http://local.test:{port}/a.png", param="p", max_bytes=1 << 20,
                                    allow_private=True))
     assert data == IMAGE and hits == ["/a.png"]
 
@@ -132,10 +132,10 @@ def test_a_redirect_is_followed_and_checked_as_the_first_url_was(local_image, re
     monkeypatch.setattr(fetch_module, "is_public_address", lambda a: a == "127.0.0.2" or real(a))
     targets.append(f"http://127.0.0.1:{port}/a.png")  # a public link that leads to a loopback one
     with pytest.raises(InvalidRequest, match="private or loopback"):
-        asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, timeout_s=5, allow_private=False))
+        asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, allow_private=False))
     assert hits == []
-    data = asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, timeout_s=5, allow_private=True))
+    data = asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, allow_private=True))
     assert data == IMAGE and hits == ["/a.png"]
     targets[0] = url  # a loop
     with pytest.raises(InvalidRequest, match="redirects more than 5 times"):
-        asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, timeout_s=5, allow_private=True))
+        asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, allow_private=True))

@@ -195,11 +195,11 @@ async def _check_url(url: str, param: str, allow_private: bool) -> None:
 
 
 async def fetch_image(
-    url: str, *, param: str, max_bytes: int, timeout_s: float, allow_private: bool, budget: ByteBudget | None = None
+    url: str, *, param: str, max_bytes: int, allow_private: bool, budget: ByteBudget | None = None
 ) -> bytes:
     """The image at ``url``, or an InvalidRequest naming ``param`` that says why not (OverBudget passes through: the
     caller knows what the budget was for). Redirects are followed, each checked as the first URL was: a public
-    link may not lead to a private address."""
+    link may not lead to a private address. No deadline of its own: the caller's bounds all of a request's."""
     sessions: dict[bool, aiohttp.ClientSession] = {}  # by whether its connector checks for public addresses
 
     async def hop(target: str) -> tuple[aiohttp.ClientSession, str | None]:
@@ -212,9 +212,7 @@ async def fetch_image(
         return sessions[checked], proxy
 
     try:
-        # timeout_s bounds the whole fetch: per-read timeouts are what a trickling server evades.
-        async with asyncio.timeout(timeout_s):
-            return await read_followed(url, hop, max_bytes=max_bytes, budget=budget)
+        return await read_followed(url, hop, max_bytes=max_bytes, budget=budget)
     except OverBudget:
         raise
     except TooLarge:  # not any ValueError: aiohttp's InvalidURL (a bad proxy setting, say) is one too

@@ -48,7 +48,10 @@ class RawRequest:
     multipart: bool = False
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (param name, bytes)
     mask: bytes | None = None
-    mask_param: str = "mask"  # what a refusal of the mask names: a JSON edit's is 'mask.image_url'
+    # What refusals name: the images together (a JSON edit's 'images', a chat message's content; else the first
+    # image's own field) and the mask (a JSON edit's 'mask.image_url').
+    images_param: str | None = None
+    mask_param: str = "mask"
     # The id the API answered with (x-request-id), carried into the logs, the holds and the usage log, so that
     # the id a user reports finds the request; None (off the API): a new one.
     request_id: str | None = None
@@ -151,19 +154,13 @@ def _type_name(value: Any) -> str:
     return "null"
 
 
-def check_model_type(model_id: Any) -> str | None:
-    """A request's ``model`` (None when unset), refused unless a string."""
-    if model_id is not None and not isinstance(model_id, str):
+def resolve_model(catalog: Catalog, model_id: Any, operation: str) -> Model:
+    if model_id is None:
+        model_id = DEFAULT_MODEL
+    if not isinstance(model_id, str):
         raise InvalidType(
             f"Invalid type for 'model': expected a string, but got {_type_name(model_id)} instead.", param="model"
         )
-    return model_id
-
-
-def resolve_model(catalog: Catalog, model_id: Any, operation: str) -> Model:
-    model_id = check_model_type(model_id)
-    if model_id is None:
-        model_id = DEFAULT_MODEL
     model = catalog.get(model_id)
     if model is None:
         raise InvalidRequest(
@@ -320,14 +317,8 @@ async def validate_request(
 def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_image_bytes: int):
     if not raw.images:
         raise MissingParameter("image")
-    # A refusal of the images together names their field: a JSON edit's 'images', not its first item's own param.
-    together = "images" if raw.images[0][0].startswith("images[") else raw.images[0][0]
-    if len(raw.images) > model.max_input_images:
-        raise InvalidRequest(
-            f"Too many images: model '{model.id}' takes at most {model.max_input_images} input image"
-            f"{'s' if model.max_input_images != 1 else ''}, but got {len(raw.images)}.",
-            param=together,
-        )
+    together = raw.images_param or raw.images[0][0]
+    check_image_count(model, len(raw.images), together)
     # Each image is checked against the per-image limit when decoded; the headers alone bound the whole request
     # first, so sixteen blank 40-megapixel PNGs (a few MB on the wire) can't take gigabytes to decode.
     budget = int(max_input_pixels * TOTAL_PIXEL_FACTOR)
@@ -367,6 +358,16 @@ def _edit_inputs(raw: RawRequest, model: Model, *, max_input_pixels: int, max_im
 
 
 _DATA_URL_RE = re.compile(r"^data:(image/[\w.+-]+)?(;[\w=.-]+)*;base64,(.*)$", re.DOTALL)
+
+
+def check_image_count(model: Model, count: int, param: str) -> None:
+    """Refuse more input images than ``model`` takes; for images given by URL, before any is fetched."""
+    if count > model.max_input_images:
+        raise InvalidRequest(
+            f"Too many images: model '{model.id}' takes at most {model.max_input_images} input image"
+            f"{'s' if model.max_input_images != 1 else ''}, but got {count}.",
+            param=param,
+        )
 
 
 def image_reference_url(ref: Any, param: str) -> str:

@@ -402,10 +402,12 @@ def test_janitor_spares_images_still_being_written(tmp_path):
     assert storage.sweep(now=_time.time() + 7200) == 1  # abandoned for over an hour: gone
 
 
-def _json_edit(base_url: str, images: list[str]) -> httpx.Response:
+def _json_edit(base_url: str, images: list[str], model: str | None = "gpt-image-1") -> httpx.Response:
+    body = {"prompt": "restyle", "quality": "low", "size": "1024x1024", "images": [{"image_url": url} for url in images]}
+    if model is not None:
+        body["model"] = model
     return httpx.post(f"{base_url}/images/edits", headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=60,
-                      json={"model": "gpt-image-1", "prompt": "restyle", "quality": "low", "size": "1024x1024",
-                            "images": [{"image_url": url} for url in images]})
+                      json=body)
 
 
 def test_json_edits_take_image_urls_as_openai_does(server, tmp_path):
@@ -435,6 +437,7 @@ def test_referenced_images_share_one_deadline(tmp_path):
             answer = _json_edit(live.base_url, [host.url])
             error = answer.json()["error"]
             assert answer.status_code == 400 and error["param"] == "images[0].image_url", error
+            assert error["code"] == "image_fetch_timeout" and "1.2 s" in error["message"]  # the one deadline's
     finally:
         live.stop()
 
@@ -450,6 +453,22 @@ def test_referenced_images_are_refused_as_soon_as_their_sum_is_over_the_limit(tm
         assert answer.status_code == 400, error
         assert (error["code"], error["param"]) == ("image_too_large", "images[1].image_url")
         assert "add up to more than 1,048,576 bytes" in error["message"]
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize("model, code, says", [
+    ("no-such-model", "model_not_found", "no-such-model"),
+    ("dall-e-3", "invalid_value", "dall-e-3"),  # it makes no edits
+])
+def test_a_json_edit_for_a_model_that_cannot_take_it_fetches_nothing(tmp_path, model, code, says):
+    live = start_server(tmp_path, allow_private_image_urls=True)
+    try:
+        with image_host() as host:
+            answer = _json_edit(live.base_url, [host.url], model=model)
+            error = answer.json()["error"]
+            assert answer.status_code in (400, 404) and error["code"] == code and error["param"] == "model", error
+            assert says in error["message"] and host.hits == []
     finally:
         live.stop()
 

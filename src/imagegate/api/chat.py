@@ -25,7 +25,7 @@ from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked, is_refusal
 from imagegate.gateway import Run, Stored
-from imagegate.validate import RawRequest, validate_request
+from imagegate.validate import RawRequest, check_image_count, validate_request
 
 router = APIRouter()
 
@@ -86,9 +86,8 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
         raise InvalidRequest("The conversation has no user message to draw from.", param="messages")
     prompt, image_urls = _text_of(messages[last_user].get("content"), f"messages[{last_user}]")
     refs = [(f"messages[{last_user}].content", url) for url in image_urls]
-    model = request.app.state.channels.catalog.get(body.get("model"))
-    edits = model is None or ("edit" in model.operations and model.max_input_images > 0)
-    if not refs and edits:
+    model = request.app.state.channels.catalog.get(body.get("model"))  # known: chat_completions checked it
+    if not refs and "edit" in model.operations and model.max_input_images > 0:
         # A follow-up ("make it bluer") edits the latest image this server drew earlier in the conversation (with a
         # model that edits at all: for the others, every message is a new picture).
         for index in range(last_user - 1, -1, -1):
@@ -108,15 +107,9 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             fields[name] = body[name]
     if not refs:
         return RawRequest("generate", fields)
-    if model is not None and len(refs) > model.max_input_images:
-        # Refuse before fetching anything: the count alone decides it.
-        raise InvalidRequest(
-            f"Too many images: model '{model.id}' takes at most {model.max_input_images} reference image(s), "
-            f"but the message has {len(refs)}.",
-            param=refs[0][0],
-        )
-    images = await load_images(request, refs, body.get("model"))
-    return RawRequest("edit", fields, images=[("image", data) for data in images])
+    check_image_count(model, len(refs), refs[0][0])  # before anything is fetched: the count alone decides it
+    images = await load_images(request, refs, model)
+    return RawRequest("edit", fields, images=[("image", data) for data in images], images_param=refs[0][0])
 
 
 class _Chunks:

@@ -32,7 +32,7 @@ from imagegate.api.render import (
 from imagegate.engines.base import Base64Stream, ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
 from imagegate.gateway import Run
-from imagegate.validate import RawRequest, check_model_type, image_reference_url, validate_request
+from imagegate.validate import RawRequest, check_image_count, image_reference_url, resolve_model, validate_request
 
 router = APIRouter()
 log = logging.getLogger("imagegate.api")
@@ -92,20 +92,19 @@ async def _json_edit(request: Request, body: dict[str, Any]) -> RawRequest:
     if not refs:
         raise InvalidRequest("Missing required parameter: 'images' holds no image; send 1 to 16 {image_url} objects.",
                              param="images", code="missing_required_parameter")
-    model = request.app.state.channels.catalog.get(check_model_type(fields.get("model")))
-    most = min(16, model.max_input_images) if model is not None else 16
-    if len(refs) > most:  # before anything is fetched: the count alone decides it
-        raise InvalidRequest(f"Too many images: at most {most} for this model, but 'images' holds {len(refs)}.",
-                             param="images")
+    # Before anything is fetched: the model (known, editing, allowed to this key) and the count alone decide.
+    model = resolve_model(request.app.state.channels.catalog, fields.get("model"), "edit")
+    check_image_count(model, len(refs), "images")
     # As OpenAI's: each image_url a URL (fetched, public hosts only) or a data URL.
     urls = [(f"images[{i}].image_url", image_reference_url(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
     if mask_ref is not None:
         urls.append(("mask.image_url", image_reference_url(mask_ref, "mask")))
-    loaded = await load_images(request, urls, fields.get("model"))
+    loaded = await load_images(request, urls, model)
     mask = loaded.pop() if mask_ref is not None else None
     # Each image keeps its own param, so that a refusal names the one at fault.
     images = [(param, data) for (param, _), data in zip(urls, loaded)]
-    return RawRequest("edit", fields, multipart=False, images=images, mask=mask, mask_param="mask.image_url")
+    return RawRequest("edit", fields, multipart=False, images=images, mask=mask, images_param="images",
+                      mask_param="mask.image_url")
 
 
 async def _respond(request: Request, raw: RawRequest) -> Any:
