@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 from typing import AsyncIterator
 
@@ -32,7 +31,6 @@ from imagegate.config import ChannelConfig
 from imagegate.errors import UpstreamError
 from imagegate.fetch import TooLarge, read_body
 
-log = logging.getLogger("imagegate.relay")
 
 MAX_ANSWER_CHARS = 1_000_000  # a chat answer with a few links; more is not an image answer
 # ![alt](url), ![alt](<url>) and ![alt](url "title"); the alt may hold [brackets] and the URL (parentheses).
@@ -67,6 +65,8 @@ class ChatImageEngine(RelayEngine):
         text = ""
         sent = body["messages"][0]["content"][0]["text"]
         echo = json.dumps(sent, ensure_ascii=False)[1:-1]  # our prompt as the answer's prompt block quotes it
+        past: int | None = None  # where the answer's status lines begin, once found
+        searched = 0  # the echo is not in the text before this
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
             async for data in _answer_data(response, channel):
@@ -89,40 +89,33 @@ class ChatImageEngine(RelayEngine):
                         f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
                         code="upstream_bad_response", failure_policy=channel.failure_policy,
                     )
-                status = _past_prompt(text, echo)
+                if past is None:  # the status lines start after the echo of our prompt, which never moves
+                    at = text.find(echo, searched) if echo else -1
+                    searched = max(0, len(text) - len(echo))
+                    past = at + len(echo) if at >= 0 else None
+                status = text[past or 0:]
                 percent = _latest_percent(status)
-                queued = "🕐" in status or "Queuing" in status
-                if queued and "⚡" not in status and "Generating" not in status and last_percent == 0:
+                if last_percent == 0 and ("🕐" in status or "Queuing" in status) \
+                        and "⚡" not in status and "Generating" not in status:
                     yield Progress(0, "queued")
                 elif percent is not None and percent > last_percent:
                     last_percent = percent
                     yield Progress(min(percent, 99))
         urls = image_links(text, sent=sent)
         if not urls:
-            said = _past_prompt(text, echo).strip()[-300:]
+            said = text[past or 0:].strip()[-300:]
             raise UpstreamError(
                 f"The upstream '{channel.name}' finished without an image" + (f": {said}" if said else "."),
                 code="upstream_no_image", failure_policy=channel.failure_policy,
             )
+
+        async def fetched(index: int, url: str) -> ImageDone:
+            return ImageDone(index, *await self.fetch_image(url, job))
+
         delivered = 0
-        failed: UpstreamError | None = None
-        for index, url in enumerate(urls[: job.n]):
-            try:
-                data_bytes, fmt, size = await self.fetch_image(url, job)
-            except (ValueError, aiohttp.ClientError, OSError) as exc:
-                # Fewer images than asked is an answer (seed 001), paid for what it holds: one that cannot be
-                # fetched is left out, and the request fails only if none could be.
-                log.warning("upstream %s: image %d of %d could not be fetched: %s", channel.name, index + 1,
-                            min(len(urls), job.n), exc)
-                failed = failed or UpstreamError(
-                    f"Downloading image {index} from the upstream '{channel.name}' failed: {exc}.",
-                    code="upstream_bad_response", failure_policy=channel.failure_policy,
-                )
-                continue
-            yield ImageDone(delivered, data_bytes, fmt, size)
+        async for done in self.usable_images(urls[: job.n], fetched):
+            yield done
             delivered += 1
-        if failed is not None and not delivered:
-            raise failed
         yield Progress(100, "finishing")
         yield JobDone(usage_from(None, job, delivered))
 
@@ -152,12 +145,6 @@ def image_links(text: str, *, sent: str) -> list[str]:
     marker = max(text.rfind("Generation complete"), text.rfind("✅"))
     tail = text[marker:] if marker >= 0 else text
     return [url for url in _IMAGE_LINK_RE.findall(tail) if url not in sent]
-
-
-def _past_prompt(text: str, echo: str) -> str:
-    """The answer past its ``echo`` of our prompt, where its status lines are (words in the prompt are not)."""
-    at = text.find(echo) if echo else -1
-    return text[at + len(echo):] if at >= 0 else text
 
 
 def _latest_percent(text: str) -> int | None:

@@ -8,7 +8,6 @@ prefix, url-only answers downloaded, missing usage estimated from the token tabl
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -37,13 +36,12 @@ from imagegate.engines.upstream import (
 from imagegate.imaging import header_size, sniff_format
 from imagegate.errors import UpstreamError
 
-log = logging.getLogger("imagegate.relay")
-
 # Azure's OpenAI endpoints take their key in an `api-key` header; a relay merely hosted on Azure (an App Service,
 # a Container App) is an ordinary OpenAI-compatible one. Told apart by the host's suffix, never a substring.
 _AZURE_OPENAI_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 _DEFAULT_DROPS = {
-    # The reverse gpt-4o-image models bundle quality; edits don't take moderation (seed 001).
+    # Edits take no moderation (seed 001; OpenAI's multipart edit schema has none). Quality goes only to models
+    # with a choice of it (see _params): the reverse gpt-4o-image models bundle it.
     "edit": {"moderation"},
     "generate": set(),
 }
@@ -164,26 +162,15 @@ class OpenAICompatEngine(RelayEngine):
                     raise ValueError("no images in 'data'")
             except ValueError as exc:
                 raise self._malformed(str(exc)) from None
-            delivered, failed = handed, None
             asked = items[: job.n]
-            for index, item in enumerate(asked):
-                if index < handed:
-                    continue
-                try:
-                    done = await self._image(job, delivered, item)
-                except (ValueError, aiohttp.ClientError, OSError) as exc:
-                    # Fewer images than asked is an answer, paid for what it holds (as the chat relay's): one
-                    # that cannot be read or fetched is left out, and the request fails only if none could be.
-                    log.warning("upstream %s: image %d of %d is unusable: %s", self.channel.name, index + 1,
-                                len(asked), exc)
-                    failed = failed or self._malformed(f"image {index}: {exc}")
-                    continue
+            delivered = handed
+            async for done in self.usable_images(asked[handed:], lambda index, item: self._image(job, index, item),
+                                                 first=handed):
                 yield done
                 delivered += 1
-            if failed is not None and not delivered:
-                raise failed
             # The upstream's usage counts every image it made; with some left out, what was delivered is estimated.
-            yield JobDone(usage_from(payload.get("usage") if failed is None else None, job, delivered))
+            whole = delivered == len(asked)
+            yield JobDone(usage_from(payload.get("usage") if whole else None, job, delivered))
         except BaseException as exc:
             # Whoever forwards an image still arriving must stop, and not end its answer as if it were whole.
             scanner.abort(exc if isinstance(exc, UpstreamError) else self._malformed("the answer was cut off"))
@@ -214,46 +201,42 @@ class OpenAICompatEngine(RelayEngine):
         return ImageDone(index, data, fmt, size, revised)
 
     async def _read_stream(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
-        try:
-            async for event in self._stream_events(job, response):
-                yield event
-        except StreamTooLarge as exc:
-            raise self._malformed(str(exc)) from None
-
-    async def _stream_events(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         index = 0
         usage = Usage()
         saw_usage = False
-        async for data in sse_data(response, self.channel.max_download_bytes):
-            if data.strip() == "[DONE]":
-                break
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                event = None
-            if not isinstance(event, dict):
-                continue  # a relay's keep-alive or other noise: the image may already be on its way
-            if event.get("error"):
-                raise stream_error(event["error"], self.channel.name, self.channel.failure_policy)
-            kind = str(event.get("type", ""))
-            if kind.endswith(".partial_image"):
+        try:
+            async for data in sse_data(response, self.channel.max_download_bytes):
+                if data.strip() == "[DONE]":
+                    break
                 try:
-                    raw = decode_b64_image(event.get("b64_json", ""))
-                    partial_index = int(event.get("partial_image_index", 0))
-                except (ValueError, TypeError) as exc:
-                    raise self._malformed(f"a partial image: {exc}") from None
-                yield PartialImage(index, partial_index, raw)
-                yield Progress(min(95, int(100 * (index + 0.5) / job.n)))
-            elif kind.endswith(".completed"):
-                try:
-                    done = await self._image(job, index, event)
-                except (ValueError, aiohttp.ClientError, OSError) as exc:
-                    raise self._malformed(str(exc)) from None
-                yield done
-                if isinstance(event.get("usage"), dict):
-                    usage = usage + usage_from(event["usage"], job, 1)
-                    saw_usage = True
-                index += 1
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    event = None
+                if not isinstance(event, dict):
+                    continue  # a relay's keep-alive or other noise: the image may already be on its way
+                if event.get("error"):
+                    raise stream_error(event["error"], self.channel.name, self.channel.failure_policy)
+                kind = str(event.get("type", ""))
+                if kind.endswith(".partial_image"):
+                    try:
+                        raw = decode_b64_image(event.get("b64_json", ""))
+                        partial_index = int(event.get("partial_image_index", 0))
+                    except (ValueError, TypeError) as exc:
+                        raise self._malformed(f"a partial image: {exc}") from None
+                    yield PartialImage(index, partial_index, raw)
+                    yield Progress(min(95, int(100 * (index + 0.5) / job.n)))
+                elif kind.endswith(".completed"):
+                    try:
+                        done = await self._image(job, index, event)
+                    except (ValueError, aiohttp.ClientError, OSError) as exc:
+                        raise self._malformed(str(exc)) from None
+                    yield done
+                    if isinstance(event.get("usage"), dict):
+                        usage = usage + usage_from(event["usage"], job, 1)
+                        saw_usage = True
+                    index += 1
+        except StreamTooLarge as exc:
+            raise self._malformed(str(exc)) from None
         if index == 0:
             raise self._malformed("the stream ended without a completed image")
         yield JobDone(usage if saw_usage else usage_from(None, job, index))

@@ -13,13 +13,14 @@ import contextlib
 import binascii
 import email.utils
 import json
+import logging
 import math
 import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import timezone
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -100,6 +101,9 @@ def _tls_context() -> ssl.SSLContext:
 
         context.load_verify_locations(certifi.where())
     return context
+
+
+log = logging.getLogger("imagegate.relay")
 
 
 @dataclass
@@ -400,6 +404,29 @@ class RelayEngine:
 
     def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Any]:
         raise NotImplementedError
+
+    async def usable_images(
+        self, sources: list[Any], read: Callable[[int, Any], Awaitable[Any]], *, first: int = 0
+    ) -> AsyncIterator[Any]:
+        """``read(index, source)`` for each source: its image, numbered on from ``first`` (images already handed
+        over). Fewer images than asked is an answer (seed 001), paid for what it holds: one that cannot be read or
+        fetched is left out, and the request fails only if no image at all was delivered."""
+        delivered, failed = first, None
+        for position, source in enumerate(sources):
+            try:
+                done = await read(delivered, source)
+            except (ValueError, aiohttp.ClientError, OSError) as exc:
+                log.warning("upstream %s: image %d of %d is unusable: %s", self.channel.name, position + 1,
+                            len(sources), exc)
+                failed = failed or UpstreamError(
+                    f"The upstream '{self.channel.name}' returned an unusable image: {exc}.",
+                    status=502, code="upstream_bad_response", failure_policy=self.channel.failure_policy,
+                )
+                continue
+            yield done
+            delivered += 1
+        if failed is not None and not delivered:
+            raise failed
 
     async def fetch_image(self, url: str, job: Job) -> tuple[bytes, str, Size]:
         raw = await download(self.client, url, max_bytes=self.channel.max_download_bytes,
