@@ -39,3 +39,11 @@ def test_an_empty_path_variable_unsets_it_and_a_misspelt_one_is_warned_about(cap
     assert settings.price_file is None and settings.api_keys == ()
     warned = [r.getMessage() for r in caplog.records if r.name == "imagegate.config"]
     assert warned == ["IMAGEGATE_API_KEY is not a setting and is ignored; see docs/configuration.md for the names"]
+
+
+def test_a_blank_admin_token_is_no_token(tmp_path):
+    from imagegate.config import metering_enabled
+
+    settings = load_settings(None, environ={"IMAGEGATE_ADMIN_TOKEN": "  "}, overrides={"data_dir": tmp_path})
+    assert settings.admin_token == "" and not metering_enabled(settings)  # no admin API, no database made
+    assert load_settings(None, environ={"IMAGEGATE_ADMIN_TOKEN": " t0ken\n"}).admin_token == "t0ken"

@@ -149,13 +149,17 @@ class Settings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("admin_token")
+    @classmethod
+    def _strip_token(cls, value: str) -> str:
+        return value.strip()  # a bearer token is read stripped: " " would never match, and is no token
+
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
 
 
-# The IMAGEGATE_ variable that is not a setting: `serve --workers N` hands its workers the settings' sources
-# (config file, command-line overrides) in it, as JSON.
+# The IMAGEGATE_ variable that is not a setting: `serve --workers N` hands its workers the settings it read, as JSON.
 WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
 
 
@@ -243,4 +247,4 @@ def metering_enabled(settings: Settings) -> bool:
     admin token, or the data dir's own database (``imagegate accounts create`` makes one)."""
     if settings.metering != "auto":
         return settings.metering == "on"
-    return bool(settings.database_url or settings.admin_token.strip()) or (settings.data_dir / DB_FILE).exists()
+    return bool(settings.database_url or settings.admin_token) or (settings.data_dir / DB_FILE).exists()

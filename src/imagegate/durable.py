@@ -12,6 +12,8 @@ from pathlib import Path
 def create_once(path: Path, text: str) -> str:
     """Write ``text`` to ``path`` (mode 0600) unless it exists; returns the file's text, which is another
     process's if it made the file first (two would reject each other's links, or keys)."""
+    if path.exists():  # every start after the first: nothing to write
+        return path.read_text()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".once-")  # mode 0600
     try:

@@ -342,13 +342,15 @@ def test_price_groups_multiply_an_accounts_prices(backend, tmp_path):  # noqa: F
         assert raw.headers["x-imagegate-cost"] == "0.005513"  # 11,025 / 2 = 5,512.5, rounded half up once
 
 
-def test_every_server_process_follows_the_price_file(backend, tmp_path):  # noqa: F811
+def test_a_server_follows_edits_to_its_price_file_without_a_reload(backend, tmp_path):  # noqa: F811
+    """Each process watches the file itself (as every worker of `serve --workers N` does, the others included
+    when one reloads through its admin API); a broken edit leaves the prices in use."""
     prices = tmp_path / "prices.toml"
     prices.write_text("[groups]\nhalf = 0.5\n")
     with metered_server(backend, tmp_path, price_file=prices, heartbeat_interval_seconds=0.2) as live:
         key = new_account(live, "acme", "1")
         before = quote(live, key, LOW)
-        # Edited, and reloaded through another process's admin API (or not at all): this one follows the file.
+        # Edited, and reloaded nowhere: this process follows the file within a heartbeat.
         prices.write_text("[groups]\nhalf = 0.5\ndouble = 2\n")
         deadline = time.monotonic() + 10
         while admin(live, "PATCH", "/accounts/acme", json={"group": "double"}).status_code != 200:

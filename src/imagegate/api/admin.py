@@ -29,7 +29,7 @@ MAX_LIST = 1000
 
 
 async def require_admin(request: Request) -> None:
-    expected = request.app.state.settings.admin_token.strip()  # a bearer token is read stripped: " " never matches
+    expected = request.app.state.settings.admin_token
     if not expected:
         raise PermissionDenied("The admin API is off: set IMAGEGATE_ADMIN_TOKEN to use it.", code="admin_disabled")
     if not hmac.compare_digest(bearer_token(request).encode(), expected.encode()):

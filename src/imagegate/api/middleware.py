@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegate.api.errors import error_response
 from imagegate.errors import ImagegateError, PayloadTooLarge, ServerError
 
 log = logging.getLogger("imagegate.api")
@@ -18,15 +18,15 @@ log = logging.getLogger("imagegate.api")
 access_log = logging.getLogger("imagegate.access")
 
 
-async def send_error(send: Send, error: ImagegateError, *, final: bool = False) -> None:
-    """An error envelope answered from below the app (no response begun yet). ``final``: the client is not to
-    retry, and the connection closes."""
-    body = json.dumps({"error": error.to_dict()}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ImagegateError, *,
+                     final: bool = False) -> None:
+    """The app's own error answer (api.errors), sent from below the app when no response has begun. ``final``:
+    the client is not to retry, and the connection closes."""
+    response = error_response(error)
     if final:
-        headers += [(b"x-should-retry", b"false"), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["x-should-retry"] = "false"
+        response.headers["connection"] = "close"
+    await response(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -63,7 +63,7 @@ class RequestIdMiddleware:
             log.warning("request %s (%s %s) cut off by the shutdown", request_id, scope.get("method"), scope.get("path"))
             if not started:
                 with contextlib.suppress(Exception):  # the connection may be going too
-                    await send_error(send_with_id, ImagegateError(
+                    await send_error(scope, receive, send_with_id, ImagegateError(
                         "The server shut down before the answer was ready. Work already under way goes on, is "
                         "charged and its images are kept: retry with the same Idempotency-Key to get them without "
                         "paying again.", status=503, type="server_error", code="server_shutting_down"), final=True)
@@ -73,7 +73,8 @@ class RequestIdMiddleware:
             log.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise
-            await send_error(send_with_id, ServerError("The server had an error while processing your request."))
+            await send_error(scope, receive, send_with_id,
+                             ServerError("The server had an error while processing your request."))
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
@@ -101,7 +102,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     length = 0
                 if length > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, receive, send)
                     return
         received = 0
         started = False
@@ -125,10 +126,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except PayloadTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
 
     def _message(self) -> str:
         return f"Request body too large: the limit is {self.max_bytes:,} bytes."
 
-    async def _refuse(self, send: Send) -> None:
-        await send_error(send, PayloadTooLarge(self._message()), final=True)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_error(scope, receive, send, PayloadTooLarge(self._message()), final=True)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 from imagegate.billing import pricing
 from imagegate.billing.prices import ModelPrice, PriceBook
 from imagegate.billing.pricing import Cost
-from imagegate.billing.store import BillingStore, IdempotencyRecord, UsageMeta
+from imagegate.billing.store import BillingStore, IdempotencyRecord, UsageMeta, key_reused
 from imagegate.catalog.tokens import Usage
 from imagegate.db import is_transient, no_turn_to_write
 from imagegate.errors import Conflict, ImagegateError, InsufficientQuota, PermissionDenied, ServerError
@@ -348,12 +348,7 @@ class Billing:
             if record is None:
                 return None
             if record.body_hash != idem.body_hash:
-                raise Conflict(
-                    "This Idempotency-Key was already used with a different request body. Use a new key for a new "
-                    "request.",
-                    code="idempotency_key_reused",
-                    headers={"x-should-retry": "false"},
-                )
+                raise key_reused("with a different request body", "request")
             if record.state == "done":
                 return record
             async with self._claiming(idem):  # a claim made here a moment ago has registered its run by now

@@ -112,6 +112,12 @@ class IdempotencyTaken(Exception):
     """Another request claimed this idempotency key first (between our look-up and our claim)."""
 
 
+def key_reused(how: str, what: str) -> Conflict:
+    """The 409 for an Idempotency-Key already used ``how``: a different body under one key is a client's bug."""
+    return Conflict(f"This Idempotency-Key was already used {how}. Use a new key for a new {what}.",
+                    code="idempotency_key_reused", headers={"x-should-retry": "false"})
+
+
 def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -332,22 +338,14 @@ class BillingStore:
     ) -> tuple[Any, bool]:
         account = self._account_named(conn, name)
         if key is not None:
-            claim = {"idem_scope": f"topup:{account.id}", "idem_key": key, "now": now}
-            body_hash = hashlib.sha256(f"{micro}\x00{note}".encode()).hexdigest()
-            _DROP_EXPIRED_CLAIM(conn, claim)
-            earlier = conn.execute(_CLAIM_RECORD, claim).first()
+            idem = (f"topup:{account.id}", key, hashlib.sha256(f"{micro}\x00{note}".encode()).hexdigest())
+            earlier = self._idempotency_record(conn, idem[0], key, now)
             if earlier is not None:
-                if earlier.body_hash != body_hash:
-                    raise Conflict(
-                        "This Idempotency-Key was already used for another top-up of this account (a different "
-                        "amount or note). Use a new key for a new top-up.",
-                        code="idempotency_key_reused", headers={"x-should-retry": "false"},
-                    )
+                if earlier.body_hash != idem[2]:
+                    raise key_reused("for another top-up of this account (a different amount or note)", "top-up")
                 return conn.execute(sa.select(accounts).where(accounts.c.id == account.id)).one(), True
-            _INSERT_CLAIM(conn, dict(
-                scope=claim["idem_scope"], key=key, body_hash=body_hash, state="done", request_id=key[:64],
-                hold_id=None, created_at=now, expires_at=now + self.idempotency_ttl,
-            ))
+            # Done at once: a top-up has no run to wait for, and its record is all a retry needs.
+            self._claim(conn, idem, key[:64], None, now, state="done")
         return self._topup(conn, account.id, micro, note, now), False
 
     async def set_group(self, name: str, group: str) -> Account:
@@ -717,11 +715,11 @@ class BillingStore:
     # --- idempotency ----------------------------------------------------------------------------------------
 
     def _claim(self, conn: Connection, idem: tuple[str, str, str], request_id: str, hold_id: str | None,
-               now: float) -> None:
+               now: float, state: str = "running") -> None:
         scope, key, body_hash = idem
         _DROP_EXPIRED_CLAIM(conn, {"idem_scope": scope, "idem_key": key, "now": now})
         _INSERT_CLAIM(conn, dict(
-            scope=scope, key=key, body_hash=body_hash, state="running", request_id=request_id, hold_id=hold_id,
+            scope=scope, key=key, body_hash=body_hash, state=state, request_id=request_id, hold_id=hold_id,
             created_at=now, expires_at=now + self.idempotency_ttl,
         ))
 

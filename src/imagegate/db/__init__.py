@@ -516,18 +516,16 @@ class _SqliteThreads:
         """Let running and queued work finish, end the threads, close the connections and the lock file. A writer
         still waiting for its turn after ``write_timeout`` (another process holds the lock) is left behind, and
         what it waited to write is lost to this process: shutdown must end."""
-        if not self._write_thread.shutdown(self.write_timeout):
+        stuck = not self._write_thread.shutdown(self.write_timeout)
+        if stuck:  # its connection and the lock file stay open: the thread still holds them
             log.error("the database writer still waits for its turn after %g s (another process holds %s); "
                       "closing without it", self.write_timeout, self._lock_path)
-            self._read_threads.shutdown()
-            self.engine.dispose()
-            return
         self._read_threads.shutdown()
-        if self._conn is not None:
+        if self._conn is not None and not stuck:
             self._conn.close()
             self._conn = None
         self.engine.dispose()
-        if self._lock_fd is not None:
+        if self._lock_fd is not None and not stuck:
             os.close(self._lock_fd)
             self._lock_fd = None
 
