@@ -33,10 +33,33 @@ from imagegate.fetch import TooLarge, read_body
 
 
 MAX_ANSWER_CHARS = 1_000_000  # a chat answer with a few links; more is not an image answer
-# ![alt](url), ![alt](<url>) and ![alt](url "title"); the alt may hold [brackets] and the URL (parentheses).
+# ![alt](url), ![alt](<url>) and ![alt](url "title"); the alt may hold [brackets] and the URL (parentheses). Not a
+# bracket within those brackets: allowing one let each "![" of a run like "![![![..." scan to the text's end.
 _IMAGE_LINK_RE = re.compile(
-    r"!\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?(https?://(?:[^()\s<>]|\([^()\s<>]*\))+)>?(?:\s+\"[^\"]*\")?\s*\)")
+    r"!\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?(https?://(?:[^()\s<>]|\([^()\s<>]*\))+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
+# The answer's latest progress is read from its last characters only: a progress line is a few dozen, and reading
+# the whole answer again at every chunk took seconds of the event loop for a long one.
+_PROGRESS_WINDOW = 4096
+_QUEUED = ("🕐", "Queuing")
+_GENERATING = ("⚡", "Generating")
+_MARKER_CHARS = max(len(marker) for marker in _QUEUED + _GENERATING)
+
+
+class _StatusLines:
+    """Whether the answer's status lines (from ``start`` on) have said it is queued, and that it is generating;
+    each part of the answer is looked at once, plus a marker's length before it (a marker cut by a chunk)."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = self.read_to = start
+        self.queued = False
+        self.generating = False
+
+    def read(self, text: str) -> None:
+        piece = text[max(self.start, self.read_to - _MARKER_CHARS + 1):]
+        self.queued = self.queued or any(marker in piece for marker in _QUEUED)
+        self.generating = self.generating or any(marker in piece for marker in _GENERATING)
+        self.read_to = len(text)
 
 
 class ChatImageEngine(RelayEngine):
@@ -67,6 +90,7 @@ class ChatImageEngine(RelayEngine):
         echo = json.dumps(sent, ensure_ascii=False)[1:-1]  # our prompt as the answer's prompt block quotes it
         past: int | None = None  # where the answer's status lines begin, once found
         searched = 0  # the echo is not in the text before this
+        status = _StatusLines()
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
             async for data in _answer_data(response, channel):
@@ -92,11 +116,12 @@ class ChatImageEngine(RelayEngine):
                 if past is None:  # the status lines start after the echo of our prompt, which never moves
                     at = text.find(echo, searched) if echo else -1
                     searched = max(0, len(text) - len(echo))
-                    past = at + len(echo) if at >= 0 else None
-                status = text[past or 0:]
-                percent = _latest_percent(status)
-                if last_percent == 0 and ("🕐" in status or "Queuing" in status) \
-                        and "⚡" not in status and "Generating" not in status:
+                    if at >= 0:
+                        past = at + len(echo)
+                        status = _StatusLines(past)  # what was read in the echo says nothing
+                status.read(text)
+                percent = _latest_percent(text[max(past or 0, len(text) - _PROGRESS_WINDOW):])
+                if last_percent == 0 and status.queued and not status.generating:
                     yield Progress(0, "queued")
                 elif percent is not None and percent > last_percent:
                     last_percent = percent
