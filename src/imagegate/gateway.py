@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
+from imagegate.billing.pricing import estimate_usage
 from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Engine, Event, ImageDone, JobDone, PartialImage, Progress
@@ -61,6 +62,8 @@ class RunResult:
     images: list[DeliveredImage] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     partial_images: int = 0  # partial images streamed; each is billed as 100 output tokens
+    # The engine's error after some images were whole: those are answered and charged, the rest is not made.
+    cut_short: ImagegateError | None = None
     prompt_used: str = ""
     started: float = 0.0
     finished: float = 0.0
@@ -298,6 +301,17 @@ class Gateway:
                         if isinstance(event, PartialImage):
                             run.result.partial_images += 1
                         run._emit(event)
+            except ImagegateError as exc:
+                # Images already whole are the client's: answered and charged, not thrown away with the error. With
+                # one handed on while arriving and never finished, the answer is cut off instead (api.images).
+                images = run.result.images
+                if not images or not all(image.done.whole for image in images):
+                    raise
+                run.result.cut_short = exc
+                if not run.result.usage.total_tokens:  # the engine's usage never came: the answer shows what is billed
+                    run.result.usage = estimate_usage(job, len(images))
+                log.warning("request %s: %s after %d of %d image(s); answering those", job.request_id, exc.code,
+                            len(images), job.n)
             finally:
                 limiter.release()
             if store_images or run.abandoned:

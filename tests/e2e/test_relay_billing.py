@@ -8,8 +8,8 @@ import json
 import openai
 import pytest
 
-from tests.billing.live import assert_books_balance, client, metered_server, new_account, quote, settled
-from tests.fault_upstream import USAGE, FaultUpstream, Reply, error_body, ok_body
+from tests.billing.live import admin, assert_books_balance, client, metered_server, new_account, quote, settled
+from tests.fault_upstream import B64, USAGE, FaultUpstream, Reply, error_body, ok_body
 from tests.imaging_helpers import decode_b64
 
 BODY = {"model": "gpt-image-1", "prompt": "a fault", "size": "1024x1024", "quality": "low"}
@@ -121,3 +121,41 @@ def test_an_answer_whose_every_image_is_unusable_fails_and_costs_nothing(faults,
             client(live, key).images.generate(**{**BODY, "n": 2})
         assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
         assert settled(live, "acme")["settle"] == 0
+
+
+def _sse(*events: dict) -> bytes:
+    return b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events)
+
+
+PARTIAL = {"type": "image_generation.partial_image", "b64_json": B64, "partial_image_index": 0}
+COMPLETED = {"type": "image_generation.completed", "b64_json": B64, "usage": USAGE}
+STREAM_ERROR = {"type": "error", "error": {"message": "The server had an error", "type": "server_error",
+                                           "code": "server_error"}}
+
+
+@pytest.mark.parametrize("policy", ["refund", "charge"])
+@pytest.mark.parametrize("ending", ["error-event", "connection-lost"])
+def test_a_stream_cut_short_after_a_whole_image_answers_that_image(faults, tmp_path, ending, policy):
+    """n=2, streamed: the upstream finishes the first image, then fails (an error event, or its connection drops
+    inside the second image). The first image is the client's: it is answered, and charged as one image (the whole
+    quote under the `charge` policy, whose upstream bills the call); it was thrown away with the error."""
+    stream = _sse(PARTIAL, COMPLETED)
+    if ending == "error-event":
+        faults.default = Reply(200, stream + _sse(STREAM_ERROR), {"content-type": "text/event-stream"})
+    else:
+        faults.default = Reply(200, stream + _sse(PARTIAL), {"content-type": "text/event-stream"},
+                               cut_at=len(stream) + 100)
+    asked = {**BODY, "partial_images": 1, "stream": True}
+    with metered_server("sqlite", tmp_path, channels=(_channel("f", faults, failure_policy=policy),)) as live:
+        key = new_account(live, "acme", "1")
+        one, two = quote(live, key, asked), quote(live, key, {**asked, "n": 2})
+        events = list(client(live, key).images.generate(**asked, n=2))
+        assert [event.type for event in events] == ["image_generation.partial_image", "image_generation.completed"]
+        assert decode_b64(events[-1].b64_json).size == (1024, 1024)
+        assert events[-1].usage.output_tokens == 272 + 100  # one image and its partial, by the tables: as billed
+        books = settled(live, "acme")
+        assert books["settle"] == (one if policy == "refund" else two) and faults.calls() == 1
+        assert_books_balance(books)
+        [row] = admin(live, "GET", "/usage?account=acme").json()["data"]
+        assert (row["status"], row["n_delivered"]) == ("ok", 1)  # with the error that cut it short
+        assert row["error_code"] == ("server_error" if ending == "error-event" else "upstream_disconnected")

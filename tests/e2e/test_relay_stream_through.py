@@ -238,3 +238,25 @@ def test_a_client_that_leaves_mid_image_still_has_it_stored_and_is_charged_once(
             stored = [p for p in (tmp_path / "data").rglob("*.png")]
             time.sleep(0.05)
         assert [p.read_bytes() for p in stored] == [IMAGE]
+
+
+def test_an_upstream_cut_off_before_the_next_image_answers_the_whole_one(faults, tmp_path):
+    """n=2: the first image is forwarded while it arrives and arrives whole; the connection drops at the start of
+    the second, before anything of it was forwarded. The answer is a whole document with the first image, charged
+    as one image."""
+    head = b'{"created": 1763700000, "data": [{"b64_json": "'
+    between = b'"}, {"b64_json": "'
+    body = head + B64 + between + B64 + b'"}], "usage": ' + json.dumps(USAGE).encode() + b"}"
+    faults.default = _paused(body, len(head), cut_at=len(head + B64 + between) + 8)
+    with metered_server("sqlite", tmp_path, channels=(_channel(faults),)) as live:
+        key = new_account(live, "acme", "1")
+        one = quote(live, key, BODY)
+        raw = client(live, key).images.with_raw_response.generate(**BODY, n=2)
+        assert raw.headers.get("transfer-encoding") == "chunked"  # forwarded while it arrived
+        validate(json.loads(raw.content), "ImagesResponse")
+        result = raw.parse()
+        assert [base64.b64decode(item.b64_json) for item in result.data] == [IMAGE]
+        assert result.usage.output_tokens == 272  # one low 1024x1024 image by the tables, as billed
+        books = settled(live, "acme")
+        assert_books_balance(books)
+        assert books["settle"] == one and faults.calls() == 1

@@ -245,9 +245,11 @@ class Billing:
             actual = pricing.actual(ticket.price, job, ticket.multiplier, delivered=delivered, usage=result.usage,
                                     partials=result.partial_images)
             cost, priced_usage = actual.micro, actual.usage
+            if result.cut_short is not None and self._policy(result.cut_short, engine) == "charge":
+                cost = ticket.quote.micro  # the upstream bills the whole call, failed part included
         elif cancelled or getattr(error, "nothing_generated", False):
             cost = 0  # our own shutdown, or an upstream that provably did no work
-        elif (getattr(error, "failure_policy", None) or self.prices.policy(engine)) == "charge":
+        elif self._policy(error, engine) == "charge":
             cost = ticket.quote.micro
         else:
             cost = 0
@@ -255,11 +257,12 @@ class Billing:
             return Settlement(cost, None, False)
         idem = ticket.idempotency
         latency_ms = int(((result.finished or time.monotonic()) - ticket.started) * 1000)
+        failure = error or result.cut_short  # a run cut short is "ok" (its images were answered), with its error
         # Everything is computed once, here; a later try writes exactly the same settlement.
         fields = dict(
             hold_id=ticket.hold_id, usage_id=ticket.usage_id, cost_micro=cost or 0, delivered=delivered,
             usage=priced_usage if priced_usage.total_tokens else result.usage, latency_ms=latency_ms,
-            status="ok" if error is None else "error", error_code=None if error is None else error.code,
+            status="ok" if error is None else "error", error_code=None if failure is None else failure.code,
             idem=(idem.scope, idem.key) if idem else None,
             idem_result=_idempotent_result(result, error, cost or 0) if idem else None,
         )
@@ -315,6 +318,10 @@ class Billing:
         await asyncio.gather(*self._later, return_exceptions=True)
         if self.store is not None:
             await self.store.settle_unheard()
+
+    def _policy(self, error: ImagegateError, engine: str) -> str:
+        """What a failure costs: the failing channel's own policy, else the engine's in the price book."""
+        return getattr(error, "failure_policy", None) or self.prices.policy(engine)
 
     @staticmethod
     async def _retry(call):

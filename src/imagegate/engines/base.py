@@ -161,6 +161,11 @@ class ImageDone:
         """Its base64 is still coming in: read it with ``b64.pieces()``."""
         return isinstance(self.b64, Base64Stream) and not self.b64.complete and not self.b64.failed
 
+    @property
+    def whole(self) -> bool:
+        """All of it is here: an image handed over while arriving is whole once its base64 has all arrived."""
+        return not isinstance(self.b64, Base64Stream) or (self.b64.complete and not self.b64.failed)
+
     def _settle_stream(self) -> None:
         if isinstance(self.b64, Base64Stream):
             object.__setattr__(self, "b64", self.b64.text())
