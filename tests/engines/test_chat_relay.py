@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imagegate.engines.chat_relay import _StatusLines, image_links
+from imagegate.engines.chat_relay import _Echo, _StatusLines, image_links
 
 URL = "https://files.example/gen_1.png"
 
@@ -35,23 +35,49 @@ def test_a_link_after_a_long_run_of_unclosed_brackets_is_found():
     assert image_links(text, sent="") == [URL]
 
 
-def test_status_markers_cut_between_chunks_are_seen():
+def _read(pieces: list[str]) -> _StatusLines:
     status = _StatusLines()
-    text = ""
-    for piece in ("> 🕐 Que", "uing, position 3\n", "> Gener", "ating\n"):
-        text += piece
-        status.read(text)
-        if piece == "uing, position 3\n":
-            assert status.queued and not status.generating
+    for piece in pieces:
+        status.read(piece)
+    return status
+
+
+def test_status_markers_cut_between_pieces_are_seen():
+    status = _read(["> 🕐 Que", "uing, position 3\n"])
+    assert status.queued and not status.generating
+    status.read("> Gener")
+    assert not status.generating
+    status.read("ating\n")
     assert status.generating
 
 
-def test_status_markers_in_the_echoed_prompt_do_not_count():
-    echo = "paint the word Generating on a wall"
-    text = f'{{"prompt": "{echo}"}}\n'
-    status = _StatusLines(text.index(echo) + len(echo))
-    status.read(text)
-    assert not status.generating and not status.queued
-    text += "> 🕐 Queuing\n"
-    status.read(text)
-    assert status.queued and not status.generating
+def test_progress_is_the_last_number_after_the_last_marker_however_the_answer_is_cut():
+    line = "> 🏃 Progress 11....19....27...[100](https://v.example/a%2F1.png?st=2025-04-21T13%3A08%3A48Z)\n"
+    for cut in range(1, len(line)):
+        status = _read(["```json\n{}\n```\n", line[:cut], line[cut:]])
+        assert status.percent == 100, cut
+    # A number cut between pieces is read whole; one at the very end is read as it stands so far.
+    assert _read(["🏃 Progress 1", "9....2"]).percent == 2
+    assert _read(["🏃 Progress 1", "9...."]).percent == 19
+    # A new progress line starts over; numbers before any marker are not progress.
+    assert _read(["42.. 🏃 Progress 80..", "\n🏃 Progreso ", "7.."]).percent == 7
+    assert _read(["42.. 50.. "]).percent is None
+
+
+def test_the_prompts_echo_is_found_however_the_answer_is_cut():
+    prompt = "paint the word Generating and 🏃 Progress 40.. on a wall"
+    text = f'```json\n{{"prompt": "{prompt}"}}\n```\n\n> 🕐 Queuing\n🏃 Progress 7..'
+    for cut in range(1, len(text), 3):
+        echo, status = _Echo(prompt), _StatusLines()
+        for piece in (text[:cut], text[cut:]):
+            if echo.end is None and (after := echo.read(piece)) is not None:
+                status, piece = _StatusLines(), after
+            status.read(piece)
+        assert echo.end == text.index(prompt) + len(prompt), cut
+        # What was read in the echo says nothing: "Generating" and "40" were the prompt's.
+        assert status.queued and not status.generating and status.percent == 7, cut
+
+
+def test_an_echo_never_sent_is_never_found():
+    echo = _Echo("a prompt the upstream does not quote")
+    assert all(echo.read(piece) is None for piece in ["> 🕐 Queuing\n"] * 50) and echo.end is None

@@ -38,28 +38,78 @@ MAX_ANSWER_CHARS = 1_000_000  # a chat answer with a few links; more is not an i
 _IMAGE_LINK_RE = re.compile(
     r"!\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?(https?://(?:[^()\s<>]|\([^()\s<>]*\))+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
-# The answer's latest progress is read from its last characters only: a progress line is a few dozen, and reading
-# the whole answer again at every chunk took seconds of the event loop for a long one.
-_PROGRESS_WINDOW = 4096
 _QUEUED = ("🕐", "Queuing")
 _GENERATING = ("⚡", "Generating")
-_MARKER_CHARS = max(len(marker) for marker in _QUEUED + _GENERATING)
+_PROGRESS = ("🏃", "Progress")  # the runner marks its progress line so in every language; the word may be translated
+# Characters kept from one piece for the next: a marker or a number (and the character before it) cut between them.
+_CARRY_CHARS = max(len(marker) for marker in _QUEUED + _GENERATING + _PROGRESS)
 
 
 class _StatusLines:
-    """Whether the answer's status lines (from ``start`` on) have said it is queued, and that it is generating;
-    each part of the answer is looked at once, plus a marker's length before it (a marker cut by a chunk)."""
+    """What the answer's status lines have said so far: queued, generating, and the last progress number after the
+    last progress marker (``🏃 Progress 11....19....27...[100](...)``). Read a piece at a time, each once, with the
+    few characters before it that a marker or a number cut between pieces needs: reading the whole answer again
+    at every chunk took seconds of the event loop for a long one."""
 
-    def __init__(self, start: int = 0) -> None:
-        self.start = self.read_to = start
+    def __init__(self) -> None:
+        self.carry = ""  # the last characters read
         self.queued = False
         self.generating = False
+        self.progress = False  # a progress marker was read
+        self.settled: int | None = None  # the last progress number that no later text can change
+        self.percent: int | None = None
 
-    def read(self, text: str) -> None:
-        piece = text[max(self.start, self.read_to - _MARKER_CHARS + 1):]
-        self.queued = self.queued or any(marker in piece for marker in _QUEUED)
-        self.generating = self.generating or any(marker in piece for marker in _GENERATING)
-        self.read_to = len(text)
+    def read(self, piece: str) -> None:
+        window = self.carry + piece
+        new = len(self.carry)  # where the piece begins in the window
+        self.queued = self.queued or any(marker in window for marker in _QUEUED)
+        self.generating = self.generating or any(marker in window for marker in _GENERATING)
+        markers = [at for marker in _PROGRESS if (at := window.rfind(marker)) >= 0 and at + len(marker) > new]
+        if markers:  # a new progress line: its numbers count, from its marker on
+            self.progress, self.settled, numbers_from = True, None, max(markers)
+        else:
+            numbers_from = max(0, new - 3)  # a number of up to three digits cut between pieces
+        if self.progress:
+            last = None
+            # From a position, not a slice: the look-behind still sees the character before it.
+            for match in _NUMBER_RE.finditer(window, numbers_from):
+                if int(match.group(1)) > 100:
+                    continue
+                last = int(match.group(1))
+                if match.end() < len(window):  # a number at the very end may go on in the next piece
+                    self.settled = last
+            self.percent = self.settled if last is None else last
+        self.carry = window[-_CARRY_CHARS:]
+
+
+class _Echo:
+    """Where the answer's echo of our prompt ends (its status lines begin there). Looked for each time the answer
+    has grown by a quarter of the echo's length, in what came since the last look: looking at every chunk cost a
+    prompt's length of reading per chunk when the echo never came."""
+
+    def __init__(self, echo: str) -> None:
+        self.echo = echo
+        self.looked = 0  # the echo does not begin before this
+        self.pieces: list[str] = []  # the answer from ``looked`` on
+        self.unread = 0
+        self.end: int | None = None
+
+    def read(self, piece: str) -> str | None:
+        """None until the echo is found; then the answer after it so far."""
+        self.pieces.append(piece)
+        self.unread += len(piece)
+        if self.unread < len(self.echo) + len(self.echo) // 4:
+            return None
+        window = "".join(self.pieces)
+        at = window.find(self.echo)
+        if at >= 0:
+            self.end = self.looked + at + len(self.echo)
+            self.pieces = []
+            return window[at + len(self.echo):]
+        keep = len(self.echo) - 1
+        self.looked += len(window) - keep
+        self.pieces, self.unread = [window[len(window) - keep:]], keep
+        return None
 
 
 class ChatImageEngine(RelayEngine):
@@ -85,12 +135,13 @@ class ChatImageEngine(RelayEngine):
         headers = {"Authorization": f"Bearer {channel.api_key}"} if channel.api_key else {}
         body = self._body(job)
         request = UpstreamRequest("POST", f"{channel.base_url.rstrip('/')}/chat/completions", headers, json_body=body)
-        text = ""
         sent = body["messages"][0]["content"][0]["text"]
-        echo = json.dumps(sent, ensure_ascii=False)[1:-1]  # our prompt as the answer's prompt block quotes it
-        past: int | None = None  # where the answer's status lines begin, once found
-        searched = 0  # the echo is not in the text before this
+        # Our prompt as the answer's prompt block quotes it. Where that echo ends, the status lines begin; before it
+        # is found, all of the answer is read as status.
+        echo = _Echo(json.dumps(sent, ensure_ascii=False)[1:-1])
         status = _StatusLines()
+        pieces: list[str] = []  # joined once at the end: adding to one string copied it at each chunk
+        length = 0
         async with upstream_call(self.client, request, channel, state) as response:
             last_percent = 0
             async for data in _answer_data(response, channel):
@@ -104,31 +155,29 @@ class ChatImageEngine(RelayEngine):
                     continue
                 if chunk.get("error"):
                     raise stream_error(chunk["error"], channel.name, channel.failure_policy)
-                for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or choice.get("message") or {}).get("content")
-                    if isinstance(delta, str):
-                        text += delta
-                if len(text) > MAX_ANSWER_CHARS:
+                piece = _content(chunk)
+                if not piece:
+                    continue
+                pieces.append(piece)
+                length += len(piece)
+                if length > MAX_ANSWER_CHARS:
                     raise UpstreamError(
                         f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
                         code="upstream_bad_response", failure_policy=channel.failure_policy,
                     )
-                if past is None:  # the status lines start after the echo of our prompt, which never moves
-                    at = text.find(echo, searched) if echo else -1
-                    searched = max(0, len(text) - len(echo))
-                    if at >= 0:
-                        past = at + len(echo)
-                        status = _StatusLines(past)  # what was read in the echo says nothing
-                status.read(text)
-                percent = _latest_percent(text[max(past or 0, len(text) - _PROGRESS_WINDOW):])
+                if echo.end is None and (after := echo.read(piece)) is not None:
+                    status, piece = _StatusLines(), after  # what was read in the echo says nothing
+                status.read(piece)
+                percent = status.percent
                 if last_percent == 0 and status.queued and not status.generating:
                     yield Progress(0, "queued")
                 elif percent is not None and percent > last_percent:
                     last_percent = percent
                     yield Progress(min(percent, 99))
+        text = "".join(pieces)
         urls = image_links(text, sent=sent)
         if not urls:
-            said = text[past or 0:].strip()[-300:]
+            said = text[echo.end or 0:].strip()[-300:]
             raise UpstreamError(
                 f"The upstream '{channel.name}' finished without an image" + (f": {said}" if said else "."),
                 code="upstream_no_image", failure_policy=channel.failure_policy,
@@ -163,6 +212,13 @@ async def _answer_data(response: aiohttp.ClientResponse, channel: ChannelConfig)
     yield body.decode("utf-8", "replace")
 
 
+def _content(chunk: dict) -> str:
+    """The text a chunk adds: its choices' deltas (a whole message, from an upstream that does not stream)."""
+    parts = ((choice.get("delta") or choice.get("message") or {}).get("content")
+             for choice in chunk.get("choices") or [] if isinstance(choice, dict))
+    return "".join(part for part in parts if isinstance(part, str))
+
+
 def image_links(text: str, *, sent: str) -> list[str]:
     """The generated images' links in a chat answer. The answer echoes the prompt (the JSON block), so a link
     written into the prompt would otherwise be taken for a result and fetched: only links after the completion
@@ -170,16 +226,3 @@ def image_links(text: str, *, sent: str) -> list[str]:
     marker = max(text.rfind("Generation complete"), text.rfind("✅"))
     tail = text[marker:] if marker >= 0 else text
     return [url for url in _IMAGE_LINK_RE.findall(tail) if url not in sent]
-
-
-def _latest_percent(text: str) -> int | None:
-    """The last progress number in lines like ``🏃 Progress 11....19....27...[100](...)`` (the runner marks the
-    line in every language; the word may be translated)."""
-    start = max(text.rfind("🏃"), text.rfind("Progress"))
-    if start < 0:
-        return None
-    numbers = [int(n) for n in _NUMBER_RE.findall(text[start:]) if int(n) <= 100]
-    if not numbers:
-        tail = re.findall(r"\[(\d{1,3})\]", text[start:])
-        numbers = [int(n) for n in tail]
-    return numbers[-1] if numbers else None
