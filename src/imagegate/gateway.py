@@ -307,9 +307,16 @@ class Gateway:
                 images = run.result.images
                 if not images or not all(image.done.whole for image in images):
                     raise
+                # Kept past this frame, so without its traceback: that holds this frame, which holds the run (a
+                # cycle only the cyclic collector would free, images and upstream response included).
+                exc.__traceback__ = exc.__context__ = exc.__cause__ = None
                 run.result.cut_short = exc
-                if not run.result.usage.total_tokens:  # the engine's usage never came: the answer shows what is billed
-                    run.result.usage = estimate_usage(job, len(images))
+                if not run.result.usage.total_tokens:
+                    # The job's usage never came: what the engine reported for each image, else the tables' figure
+                    # (the answer shows what is billed).
+                    reported = [image.done.usage for image in images]
+                    run.result.usage = (sum(reported, Usage()) if all(u is not None for u in reported)  # type: ignore[arg-type]
+                                        else estimate_usage(job, len(images)))
                 log.warning("request %s: %s after %d of %d image(s); answering those", job.request_id, exc.code,
                             len(images), job.n)
             finally:

@@ -137,8 +137,9 @@ STREAM_ERROR = {"type": "error", "error": {"message": "The server had an error",
 @pytest.mark.parametrize("ending", ["error-event", "connection-lost"])
 def test_a_stream_cut_short_after_a_whole_image_answers_that_image(faults, tmp_path, ending, policy):
     """n=2, streamed: the upstream finishes the first image, then fails (an error event, or its connection drops
-    inside the second image). The first image is the client's: it is answered, and charged as one image (the whole
-    quote under the `charge` policy, whose upstream bills the call); it was thrown away with the error."""
+    inside the second image). The first image is the client's: it is answered, and charged as one image with the
+    usage its completed event reported (the whole quote under the `charge` policy, whose upstream bills the call);
+    it was thrown away with the error."""
     stream = _sse(PARTIAL, COMPLETED)
     if ending == "error-event":
         faults.default = Reply(200, stream + _sse(STREAM_ERROR), {"content-type": "text/event-stream"})
@@ -148,14 +149,42 @@ def test_a_stream_cut_short_after_a_whole_image_answers_that_image(faults, tmp_p
     asked = {**BODY, "partial_images": 1, "stream": True}
     with metered_server("sqlite", tmp_path, channels=(_channel("f", faults, failure_policy=policy),)) as live:
         key = new_account(live, "acme", "1")
-        one, two = quote(live, key, asked), quote(live, key, {**asked, "n": 2})
+        two = quote(live, key, {**asked, "n": 2})
         events = list(client(live, key).images.generate(**asked, n=2))
         assert [event.type for event in events] == ["image_generation.partial_image", "image_generation.completed"]
         assert decode_b64(events[-1].b64_json).size == (1024, 1024)
-        assert events[-1].usage.output_tokens == 272 + 100  # one image and its partial, by the tables: as billed
+        usage = events[-1].usage
+        assert (usage.input_tokens, usage.output_tokens) == (12, 272)  # the upstream's, as billed
         books = settled(live, "acme")
+        # The low 1024x1024 image, its partial image (100 tokens at $40/M) and the upstream's 12 prompt tokens at $5/M.
+        one = 11_000 + 100 * 40 + 12 * 5
         assert books["settle"] == (one if policy == "refund" else two) and faults.calls() == 1
         assert_books_balance(books)
         [row] = admin(live, "GET", "/usage?account=acme").json()["data"]
         assert (row["status"], row["n_delivered"]) == ("ok", 1)  # with the error that cut it short
         assert row["error_code"] == ("server_error" if ending == "error-event" else "upstream_disconnected")
+
+
+def test_a_run_cut_short_leaves_no_run_for_the_cyclic_collector(faults, tmp_path):
+    """The error a run was cut short by is kept with the run; its traceback held the run's own frame, a cycle that
+    kept the run and its images until the cyclic collector came by."""
+    import gc
+    import time
+
+    from imagegate.gateway import Run
+
+    faults.default = Reply(200, _sse(COMPLETED, STREAM_ERROR), {"content-type": "text/event-stream"})
+    with metered_server("sqlite", tmp_path, channels=(_channel("f", faults),)) as live:
+        key = new_account(live, "acme", "1")
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(2):
+                events = list(client(live, key).images.generate(**BODY, n=2, stream=True, partial_images=1))
+                assert [event.type for event in events] == ["image_generation.completed"]
+            deadline = time.monotonic() + 5
+            while [o for o in gc.get_objects() if isinstance(o, Run)]:  # the last run's task ends just after
+                assert time.monotonic() < deadline, "runs cut short are kept alive by a reference cycle"
+                time.sleep(0.05)
+        finally:
+            gc.enable()

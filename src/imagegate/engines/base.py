@@ -151,6 +151,9 @@ class ImageDone:
     size: Size
     revised_prompt: str | None = None
     b64: str | bytes | memoryview | Base64Stream | None = None
+    # The usage the engine reported for this image alone, where it reports one per image (an upstream stream's
+    # completed events): what a run that fails after it is charged for. The job's usage comes in JobDone.
+    usage: Usage | None = None
 
     def __post_init__(self) -> None:
         if self.data is None and self.b64 is None:

@@ -8,6 +8,7 @@ prefix, url-only answers downloaded, missing usage estimated from the token tabl
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -230,10 +231,11 @@ class OpenAICompatEngine(RelayEngine):
                         done = await self._image(job, index, event)
                     except (ValueError, aiohttp.ClientError, OSError) as exc:
                         raise self._malformed(str(exc)) from None
-                    yield done
                     if isinstance(event.get("usage"), dict):
-                        usage = usage + usage_from(event["usage"], job, 1)
+                        done = replace(done, usage=usage_from(event["usage"], job, 1))
+                        usage = usage + done.usage
                         saw_usage = True
+                    yield done
                     index += 1
         except StreamTooLarge as exc:
             raise self._malformed(str(exc)) from None
