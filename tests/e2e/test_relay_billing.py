@@ -188,3 +188,22 @@ def test_a_run_cut_short_leaves_no_run_for_the_cyclic_collector(faults, tmp_path
                 time.sleep(0.05)
         finally:
             gc.enable()
+
+
+def test_a_stream_whose_usage_lacks_output_tokens_is_estimated_once_for_the_job(faults, tmp_path):
+    """Each completed event's usage without output tokens is no usage: the job's is taken from the tables, its
+    prompt counted once. Summed per image, an estimate of the whole job's input counted it n times in the answer's
+    usage (and in the charge, up to the hold)."""
+    partial_usage = {"input_tokens": 9, "input_tokens_details": {"text_tokens": 9, "image_tokens": 0}}
+    completed = {**COMPLETED, "usage": partial_usage}
+    faults.default = Reply(200, _sse(completed, completed), {"content-type": "text/event-stream"})
+    with metered_server("sqlite", tmp_path, channels=(_channel("f", faults),)) as live:
+        key = new_account(live, "acme", "1")
+        one = quote(live, key, BODY)  # one low 1024x1024 image and the prompt's estimated tokens
+        events = list(client(live, key).images.generate(**BODY, n=2, stream=True))
+        assert [event.type for event in events] == ["image_generation.completed"] * 2
+        # The answer's usage counts the prompt once, at $5/M: what the quote of one image priced besides the image.
+        assert sum(event.usage.input_tokens for event in events) * 5 == one - 11_000
+        books = settled(live, "acme")
+        assert books["settle"] == one + 11_000  # the second image adds its price, not the prompt again
+        assert_books_balance(books)

@@ -41,8 +41,9 @@ _NUMBER_RE = re.compile(r"(?<![\d/%])(\d{1,3})(?=\.{2,}|\s|$|\])")
 _QUEUED = ("🕐", "Queuing")
 _GENERATING = ("⚡", "Generating")
 _PROGRESS = ("🏃", "Progress")  # the runner marks its progress line so in every language; the word may be translated
+_MARKERS = _QUEUED + _GENERATING + _PROGRESS
 # Characters kept from one piece for the next: a marker or a number (and the character before it) cut between them.
-_CARRY_CHARS = max(len(marker) for marker in _QUEUED + _GENERATING + _PROGRESS)
+_CARRY_CHARS = max(len(marker) for marker in _MARKERS)
 
 
 class _StatusLines:
@@ -68,7 +69,9 @@ class _StatusLines:
         if markers:  # a new progress line: its numbers count, from its marker on
             self.progress, self.settled, numbers_from = True, None, max(markers)
         else:
-            numbers_from = max(0, new - 3)  # a number of up to three digits cut between pieces
+            # A number of up to three digits, and the dot after it that does not yet tell it (two do), cut between
+            # pieces.
+            numbers_from = max(0, new - 4)
         if self.progress:
             last = None
             # From a position, not a slice: the look-behind still sees the character before it.
@@ -85,21 +88,37 @@ class _StatusLines:
 class _Echo:
     """Where the answer's echo of our prompt ends (its status lines begin there). Looked for each time the answer
     has grown by a quarter of the echo's length, in what came since the last look: looking at every chunk cost a
-    prompt's length of reading per chunk when the echo never came."""
+    prompt's length of reading per chunk when the echo never came. A piece with a status marker is looked at
+    at once (a few times at most): an upstream that says it is queued may then send nothing for a while."""
+
+    _URGENT_LOOKS = 8
 
     def __init__(self, echo: str) -> None:
         self.echo = echo
         self.looked = 0  # the echo does not begin before this
         self.pieces: list[str] = []  # the answer from ``looked`` on
         self.unread = 0
+        self.urgent_looks = 0
         self.end: int | None = None
 
     def read(self, piece: str) -> str | None:
         """None until the echo is found; then the answer after it so far."""
         self.pieces.append(piece)
         self.unread += len(piece)
-        if self.unread < len(self.echo) + len(self.echo) // 4:
+        if self.unread < len(self.echo):
             return None
+        if self.unread < len(self.echo) + len(self.echo) // 4:
+            if self.urgent_looks == self._URGENT_LOOKS or not any(marker in piece for marker in _MARKERS):
+                return None
+            self.urgent_looks += 1
+        return self._look()
+
+    def finish(self) -> None:
+        """The answer has ended: a last look at what came since the last one."""
+        if self.end is None and self.unread >= len(self.echo):
+            self._look()
+
+    def _look(self) -> str | None:
         window = "".join(self.pieces)
         at = window.find(self.echo)
         if at >= 0:
@@ -174,6 +193,7 @@ class ChatImageEngine(RelayEngine):
                 elif percent is not None and percent > last_percent:
                     last_percent = percent
                     yield Progress(min(percent, 99))
+        echo.finish()
         text = "".join(pieces)
         urls = image_links(text, sent=sent)
         if not urls:

@@ -204,7 +204,7 @@ class OpenAICompatEngine(RelayEngine):
     async def _read_stream(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         index = 0
         usage = Usage()
-        saw_usage = False
+        every_usage = True  # every completed event reported its image's usage in full
         try:
             async for data in sse_data(response, self.channel.max_download_bytes):
                 if data.strip() == "[DONE]":
@@ -231,17 +231,20 @@ class OpenAICompatEngine(RelayEngine):
                         done = await self._image(job, index, event)
                     except (ValueError, aiohttp.ClientError, OSError) as exc:
                         raise self._malformed(str(exc)) from None
-                    if isinstance(event.get("usage"), dict):
-                        done = replace(done, usage=usage_from(event["usage"], job, 1))
-                        usage = usage + done.usage
-                        saw_usage = True
+                    reported = usage_from(event.get("usage"), job, 1)
+                    if reported.estimated:
+                        # An estimate is of the whole job's input: summed per image it would count it n times.
+                        every_usage = False
+                    else:
+                        done = replace(done, usage=reported)
+                        usage = usage + reported
                     yield done
                     index += 1
         except StreamTooLarge as exc:
             raise self._malformed(str(exc)) from None
         if index == 0:
             raise self._malformed("the stream ended without a completed image")
-        yield JobDone(usage if saw_usage else usage_from(None, job, index))
+        yield JobDone(usage if every_usage else usage_from(None, job, index))
 
 
 def _passable(job: Job, head_b64: str | bytes | memoryview) -> Size | None:
