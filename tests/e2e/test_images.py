@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from tests import openapi
+from tests.cycles import runs_freed_without_the_cyclic_collector
 from tests.image_host import image_host
 from tests.imaging_helpers import decode, decode_b64, mask_bytes, png_bytes
 from tests.servers import TEST_KEY, start_server
@@ -218,22 +219,10 @@ def test_a_finished_request_leaves_no_run_for_the_cyclic_collector(client):
     """Refcounting alone frees a request's run and its megabytes of image once answered: a reference cycle (a
     cancelled task's traceback back to what refers to the task) kept runs until the cyclic collector came by,
     and doubled the relay's peak memory under load."""
-    import gc
-
-    from imagegate.gateway import Run
-
     client.images.generate(model="gpt-image-1", prompt="warm up", size="1024x1024", quality="low")
-    gc.collect()
-    gc.disable()
-    try:
+    with runs_freed_without_the_cyclic_collector():
         for _ in range(3):
             client.images.generate(model="gpt-image-1", prompt="a red fox", size="1024x1024", quality="low")
-        deadline = time.monotonic() + 5
-        while [o for o in gc.get_objects() if isinstance(o, Run)]:  # the last run's task ends just after
-            assert time.monotonic() < deadline, "runs are kept alive by a reference cycle"
-            time.sleep(0.05)
-    finally:
-        gc.enable()
 
 
 def test_tampered_and_expired_urls_are_refused(client, server):

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.billing.live import admin, assert_books_balance, client, metered_server, new_account, quote, settled
+from tests.cycles import runs_freed_without_the_cyclic_collector
 from tests.fault_upstream import B64, USAGE, FaultUpstream, Reply, error_body, ok_body
 from tests.imaging_helpers import decode_b64
 
@@ -168,26 +169,13 @@ def test_a_stream_cut_short_after_a_whole_image_answers_that_image(faults, tmp_p
 def test_a_run_cut_short_leaves_no_run_for_the_cyclic_collector(faults, tmp_path):
     """The error a run was cut short by is kept with the run; its traceback held the run's own frame, a cycle that
     kept the run and its images until the cyclic collector came by."""
-    import gc
-    import time
-
-    from imagegate.gateway import Run
-
     faults.default = Reply(200, _sse(COMPLETED, STREAM_ERROR), {"content-type": "text/event-stream"})
     with metered_server("sqlite", tmp_path, channels=(_channel("f", faults),)) as live:
         key = new_account(live, "acme", "1")
-        gc.collect()
-        gc.disable()
-        try:
+        with runs_freed_without_the_cyclic_collector():
             for _ in range(2):
                 events = list(client(live, key).images.generate(**BODY, n=2, stream=True, partial_images=1))
                 assert [event.type for event in events] == ["image_generation.completed"]
-            deadline = time.monotonic() + 5
-            while [o for o in gc.get_objects() if isinstance(o, Run)]:  # the last run's task ends just after
-                assert time.monotonic() < deadline, "runs cut short are kept alive by a reference cycle"
-                time.sleep(0.05)
-        finally:
-            gc.enable()
 
 
 def test_a_stream_whose_usage_lacks_output_tokens_is_estimated_once_for_the_job(faults, tmp_path):
