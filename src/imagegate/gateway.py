@@ -315,8 +315,10 @@ class Gateway:
                     # The job's usage never came: what the engine reported for each image, else the tables' figure
                     # (the answer shows what is billed).
                     reported = [image.done.usage for image in images]
-                    run.result.usage = (sum(reported, Usage()) if all(u is not None for u in reported)  # type: ignore[arg-type]
-                                        else estimate_usage(job, len(images)))
+                    if all(usage is not None for usage in reported):
+                        run.result.usage = sum(reported, Usage())  # type: ignore[arg-type]
+                    else:
+                        run.result.usage = estimate_usage(job, len(images))
                 log.warning("request %s: %s after %d of %d image(s); answering those", job.request_id, exc.code,
                             len(images), job.n)
             finally:

@@ -25,7 +25,8 @@ def test_image_links_in_every_markdown_form():
 
 def test_image_links_leave_out_the_prompts_own_links_and_those_before_completion():
     prompt = f"like ![ref]({URL}) but at night"
-    text = f'```json\n{{"prompt": "{prompt}"}}\n```\n![early](https://files.example/x.png)\n✅\n![gen](https://files.example/y.png)'
+    text = (f'```json\n{{"prompt": "{prompt}"}}\n```\n'
+            "![early](https://files.example/x.png)\n✅\n![gen](https://files.example/y.png)")
     assert image_links(text, sent=prompt) == ["https://files.example/y.png"]
 
 

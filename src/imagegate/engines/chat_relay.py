@@ -234,9 +234,12 @@ async def _answer_data(response: aiohttp.ClientResponse, channel: ChannelConfig)
 
 def _content(chunk: dict) -> str:
     """The text a chunk adds: its choices' deltas (a whole message, from an upstream that does not stream)."""
-    parts = ((choice.get("delta") or choice.get("message") or {}).get("content")
-             for choice in chunk.get("choices") or [] if isinstance(choice, dict))
-    return "".join(part for part in parts if isinstance(part, str))
+    parts = []
+    for choice in chunk.get("choices") or []:
+        message = (choice.get("delta") or choice.get("message")) if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            parts.append(message["content"])
+    return "".join(parts)
 
 
 def image_links(text: str, *, sent: str) -> list[str]:
