@@ -638,7 +638,9 @@ def test_a_chat_upstream_that_answers_plain_json_is_read(faults, tmp_path):
 def test_words_in_the_prompt_are_not_read_as_the_upstreams_progress(faults, tmp_path):
     prompt = "a poster saying Progress 80 percent"
     echo = json.dumps({"prompt": f"{prompt}\n1:1", "ratio": "1:1"}, ensure_ascii=False)
-    faults.default = Reply(200, _chat_answer(echo + "\n\n", "> 🏃 Progreso 11....", "64....\n\n",
+    # The echo streams in small pieces, as tokens do: none of them may be read before it is known to be the echo.
+    pieces = [echo[i:i + 5] for i in range(0, len(echo), 5)]
+    faults.default = Reply(200, _chat_answer(*pieces, "\n\n", "> 🏃 Progreso 11....", "64....\n\n",
                                              "> ✅ Generation complete\n\n", f"![gen_1]({faults.image_url})"),
                            {"content-type": "text/event-stream"})
     with _fronting(tmp_path, _chat_channel(faults)) as client:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from imagegate.engines.chat_relay import _Echo, _StatusLines, image_links
+from imagegate.engines.base import Progress
+from imagegate.engines.chat_relay import _AnswerProgress, _StatusLines, image_links
 
 URL = "https://files.example/gen_1.png"
 
@@ -57,8 +58,9 @@ def test_progress_is_the_last_number_after_the_last_marker_however_the_answer_is
     for cut in range(1, len(line)):
         status = _read(["```json\n{}\n```\n", line[:cut], line[cut:]])
         assert status.percent == 100, cut
-    # A number cut between pieces is read whole; one at the very end is read as it stands so far.
-    assert _read(["🏃 Progress 1", "9....2"]).percent == 2
+    # A number cut between pieces is read whole; one at the very end counts once what follows tells it.
+    assert _read(["🏃 Progress 1", "9....2"]).percent == 19
+    assert _read(["🏃 Progress 1"]).percent is None
     assert _read(["🏃 Progress 1", "9...."]).percent == 19
     assert _read(["🏃 Progress 90....100.", "..."]).percent == 100  # one dot does not tell a number yet
     # A new progress line starts over; numbers before any marker are not progress.
@@ -66,46 +68,50 @@ def test_progress_is_the_last_number_after_the_last_marker_however_the_answer_is
     assert _read(["42.. 50.. "]).percent is None
 
 
-def _feed(prompt: str, pieces: list[str]) -> tuple[_Echo, _StatusLines]:
-    """The relay's reading of an answer in these pieces (as ChatImageEngine._attempt does)."""
-    echo, status = _Echo(prompt), _StatusLines()
-    for piece in pieces:
-        if echo.end is None and (after := echo.read(piece)) is not None:
-            status, piece = _StatusLines(), after
-        status.read(piece)
-    return echo, status
+def _progress(prompt: str, pieces: list[str]) -> tuple[_AnswerProgress, list[Progress]]:
+    """What the relay reports while an answer arrives in these pieces."""
+    reader = _AnswerProgress(prompt)
+    events = [event for piece in pieces if (event := reader.read(piece)) is not None]
+    return reader, events
 
 
-def test_the_prompts_echo_is_found_however_the_answer_is_cut():
-    prompt = "paint the word Generating and 🏃 Progress 40.. on a wall"
-    text = f'```json\n{{"prompt": "{prompt}"}}\n```\n\n> 🕐 Queuing\n🏃 Progress 7..'
-    for cut in range(1, len(text), 3):
-        echo, status = _feed(prompt, [text[:cut], text[cut:]])
-        assert echo.end == text.index(prompt) + len(prompt), cut
-        # What was read in the echo says nothing: "Generating" and "40" were the prompt's.
-        assert status.queued and not status.generating and status.percent == 7, cut
+def _cut(text: str, size: int) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def test_the_prompts_own_words_are_never_taken_for_status_however_the_answer_is_cut():
+    prompt = "paint the words Generating and 🏃 Progress 40.. and 80 percent on a wall"
+    text = f'```json\n{{"prompt": "{prompt}"}}\n```\n\n> 🕐 Queuing\n> 🏃 Progress 7....12..'
+    for size in (1, 2, 3, 5, 8, 13, 40, len(text)):
+        reader, events = _progress(prompt, _cut(text, size))
+        assert reader.echo.end == text.index(prompt) + len(prompt), size
+        # The upstream's own percentages (both, or the last, as the pieces fall): never 40 or 80 from the prompt,
+        # and never "generating" before them.
+        percents = [e.percent for e in events if e.stage == "generating"]
+        assert percents in ([7, 12], [12]) and {e.stage for e in events} <= {"queued", "generating"}, size
+        if size < 10:
+            assert events[0].stage == "queued" and percents == [7, 12], size
 
 
 def test_a_queue_after_a_long_prompt_shows_at_once():
     # The upstream may say it is queued and then send nothing for minutes: that must show before more text comes,
-    # though the prompt's own "⚡" came first and the answer is shorter than the echo plus a quarter.
+    # though the answer is shorter than the echo and the slack the echo is looked for with.
     prompt = "a ⚡ lightning poster, " * 20
     text = f'```json\n{{"prompt": "{prompt}", "ratio": "1:1"}}\n```\n\n>🕐 Queuing.\n\n'
-    echo, status = _feed(prompt, [text[i:i + 7] for i in range(0, len(text), 7)])
-    assert echo.end is not None and status.queued and not status.generating
+    reader, events = _progress(prompt, _cut(text, 7))
+    assert reader.echo.end is not None and {(e.percent, e.stage) for e in events} == {(0, "queued")}
 
 
 def test_an_echo_is_found_at_the_end_when_little_followed_it():
     prompt = "a lighthouse " * 150
     text = f'```json\n{{"prompt": "{prompt}"}}\n```\nSorry, I cannot make that.'
-    echo, _ = _feed(prompt, [text])
-    assert echo.end is None  # not looked at yet: less than a quarter of the echo followed it
-    echo.finish()
-    assert text[echo.end:] == '"}\n```\nSorry, I cannot make that.'
+    reader, _ = _progress(prompt, [text])
+    assert reader.echo.end is None  # not looked for yet: the answer could still be short of the slack
+    reader.echo.finish()
+    assert text[reader.echo.end:] == '"}\n```\nSorry, I cannot make that.'
 
 
-def test_an_echo_never_sent_is_never_found():
-    echo = _Echo("a prompt the upstream does not quote")
-    assert all(echo.read(piece) is None for piece in ["> 🕐 Queuing\n"] * 50) and echo.end is None
-    echo.finish()
-    assert echo.end is None
+def test_an_answer_without_the_echo_is_read_as_status_once_the_echo_is_ruled_out():
+    reader, events = _progress("a prompt the upstream does not quote", ["> 🕐 Queuing\n"] * 30)
+    assert reader.echo.settled and reader.echo.end is None and events and events[0].stage == "queued"
+    assert reader.echo.held == []  # nothing is held, or read again, from then on

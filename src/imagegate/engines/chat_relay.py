@@ -57,8 +57,7 @@ class _StatusLines:
         self.queued = False
         self.generating = False
         self.progress = False  # a progress marker was read
-        self.settled: int | None = None  # the last progress number that no later text can change
-        self.percent: int | None = None
+        self.percent: int | None = None  # the last number of the last progress line
 
     def read(self, piece: str) -> None:
         window = self.carry + piece
@@ -67,67 +66,119 @@ class _StatusLines:
         self.generating = self.generating or any(marker in window for marker in _GENERATING)
         markers = [at for marker in _PROGRESS if (at := window.rfind(marker)) >= 0 and at + len(marker) > new]
         if markers:  # a new progress line: its numbers count, from its marker on
-            self.progress, self.settled, numbers_from = True, None, max(markers)
+            self.progress, self.percent, numbers_from = True, None, max(markers)
         else:
             # A number of up to three digits, and the dot after it that does not yet tell it (two do), cut between
             # pieces.
             numbers_from = max(0, new - 4)
         if self.progress:
-            last = None
-            # From a position, not a slice: the look-behind still sees the character before it.
+            # From a position, not a slice: the look-behind still sees the character before it. A number at the
+            # very end may go on in the next piece (the "1" of "19"): it counts once what follows tells it.
             for match in _NUMBER_RE.finditer(window, numbers_from):
-                if int(match.group(1)) > 100:
-                    continue
-                last = int(match.group(1))
-                if match.end() < len(window):  # a number at the very end may go on in the next piece
-                    self.settled = last
-            self.percent = self.settled if last is None else last
+                if int(match.group(1)) <= 100 and match.end() < len(window):
+                    self.percent = int(match.group(1))
         self.carry = window[-_CARRY_CHARS:]
 
 
 class _Echo:
-    """Where the answer's echo of our prompt ends (its status lines begin there). Looked for each time the answer
-    has grown by a quarter of the echo's length, in what came since the last look: looking at every chunk cost a
-    prompt's length of reading per chunk when the echo never came. A piece with a status marker is looked at
-    at once (a few times at most): an upstream that says it is queued may then send nothing for a while."""
+    """Where the answer's echo of our prompt ends: the status lines begin there. The answer is held back from the
+    status reader until the echo is found or ruled out, so that the prompt's own words ("⚡", "Progress 80") are
+    never taken for the upstream's, however the answer is cut into pieces.
+
+    The echo is in the answer's opening prompt block, before any status line. It is looked for when a piece
+    brings a status marker (a few times at most: an upstream that says it is queued may then send nothing for a
+    while), and once the answer is long enough to hold it and some text before it. A look that finds a marker
+    outside any part of the echo rules it out, as does the last one. Each look reads only what is held, so an
+    answer costs a bounded number of them."""
 
     _URGENT_LOOKS = 8
+    _SLACK_CHARS = 256  # what the answer may hold before the echo (the seeds' is "```json\n{\n  \"prompt\": \"")
+    _PARTIAL_TRIES = 64  # places tried for an echo begun at the end of what is held; past them, all are kept
 
     def __init__(self, echo: str) -> None:
         self.echo = echo
-        self.looked = 0  # the echo does not begin before this
-        self.pieces: list[str] = []  # the answer from ``looked`` on
-        self.unread = 0
+        self.held: list[str] = []  # what came since ``released``, not given to the status reader yet
+        self.held_chars = 0
+        self.released = 0  # characters given out: the echo does not begin among them
         self.urgent_looks = 0
-        self.end: int | None = None
+        self.complete_at = 0  # an echo seen beginning cannot be whole before the answer is this long
+        self.end: int | None = None  # where the echo ends, once found
+        self.settled = False  # found, or ruled out
 
-    def read(self, piece: str) -> str | None:
-        """None until the echo is found; then the answer after it so far."""
-        self.pieces.append(piece)
-        self.unread += len(piece)
-        if self.unread < len(self.echo):
-            return None
-        if self.unread < len(self.echo) + len(self.echo) // 4:
-            if self.urgent_looks == self._URGENT_LOOKS or not any(marker in piece for marker in _MARKERS):
-                return None
+    def read(self, piece: str) -> tuple[bool, str]:
+        """Whether the echo was found just now (the status lines start over), and the text the status reader may
+        read now."""
+        if self.settled:
+            return False, piece
+        self.held.append(piece)
+        self.held_chars += len(piece)
+        length = self.released + self.held_chars
+        if length >= len(self.echo) + max(self._SLACK_CHARS, len(self.echo) // 4):
+            return self._look(last=True)
+        if (self.urgent_looks < self._URGENT_LOOKS and length >= self.complete_at
+                and any(marker in piece for marker in _MARKERS)):
             self.urgent_looks += 1
-        return self._look()
+            return self._look(last=False)
+        return False, ""
 
     def finish(self) -> None:
-        """The answer has ended: a last look at what came since the last one."""
-        if self.end is None and self.unread >= len(self.echo):
-            self._look()
+        """The answer has ended: a last look at what is held."""
+        if not self.settled:
+            self._look(last=True)
 
-    def _look(self) -> str | None:
-        window = "".join(self.pieces)
+    def _look(self, *, last: bool) -> tuple[bool, str]:
+        window = "".join(self.held)
         at = window.find(self.echo)
         if at >= 0:
-            self.end = self.looked + at + len(self.echo)
-            self.pieces = []
-            return window[at + len(self.echo):]
-        keep = len(self.echo) - 1
-        self.looked += len(window) - keep
-        self.pieces, self.unread = [window[len(window) - keep:]], keep
+            self.end, self.settled = self.released + at + len(self.echo), True
+            self.held, self.held_chars = [], 0
+            return True, window[at + len(self.echo):]
+        cut = len(window) if last else self._partial_at(window)
+        if last or any(marker in window[:cut] for marker in _MARKERS):
+            # A status line began with no echo before it: there is none.
+            self.settled = True
+            self.held, self.held_chars = [], 0
+            return False, window
+        self.released += cut
+        self.held, self.held_chars = [window[cut:]], len(window) - cut
+        if self.held_chars:  # an echo begun: markers in it (the prompt's own) are no reason to look again
+            self.complete_at = self.released + len(self.echo)
+        return False, window[:cut]
+
+    def _partial_at(self, window: str) -> int:
+        """Where an echo that has begun but not ended by the end of ``window`` would begin (the window's length if
+        none can have)."""
+        first = self.echo[:1]
+        at = window.find(first, max(0, len(window) - len(self.echo) + 1))
+        for _ in range(self._PARTIAL_TRIES):
+            if at < 0 or self.echo.startswith(window[at:]):
+                break
+            at = window.find(first, at + 1)
+        return len(window) if at < 0 else at
+
+
+class _AnswerProgress:
+    """What a chat answer says of the work while it streams, as Progress events: queued, then the upstream's
+    percentages. Read from the status lines after our prompt's echo, never from the echo itself."""
+
+    def __init__(self, echo: str) -> None:
+        self.echo = _Echo(echo)
+        self.status = _StatusLines()
+        self.last_percent = 0
+
+    def read(self, piece: str) -> Progress | None:
+        restart, readable = self.echo.read(piece)
+        if restart:
+            self.status = _StatusLines()  # what came before the echo says nothing
+        if not readable:
+            return None
+        status = self.status
+        status.read(readable)
+        if status.percent is not None and status.percent > self.last_percent:  # a percentage: it is generating
+            self.last_percent = status.percent
+            return Progress(min(status.percent, 99))
+        if self.last_percent == 0 and status.queued and not status.generating:
+            return Progress(0, "queued")
         return None
 
 
@@ -155,14 +206,11 @@ class ChatImageEngine(RelayEngine):
         body = self._body(job)
         request = UpstreamRequest("POST", f"{channel.base_url.rstrip('/')}/chat/completions", headers, json_body=body)
         sent = body["messages"][0]["content"][0]["text"]
-        # Our prompt as the answer's prompt block quotes it. Where that echo ends, the status lines begin; before it
-        # is found, all of the answer is read as status.
-        echo = _Echo(json.dumps(sent, ensure_ascii=False)[1:-1])
-        status = _StatusLines()
+        # Our prompt as the answer's prompt block quotes it.
+        progress = _AnswerProgress(json.dumps(sent, ensure_ascii=False)[1:-1])
         pieces: list[str] = []  # joined once at the end: adding to one string copied it at each chunk
         length = 0
         async with upstream_call(self.client, request, channel, state) as response:
-            last_percent = 0
             async for data in _answer_data(response, channel):
                 if data.strip() == "[DONE]":
                     break
@@ -184,15 +232,10 @@ class ChatImageEngine(RelayEngine):
                         f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
                         code="upstream_bad_response", failure_policy=channel.failure_policy,
                     )
-                if echo.end is None and (after := echo.read(piece)) is not None:
-                    status, piece = _StatusLines(), after  # what was read in the echo says nothing
-                status.read(piece)
-                percent = status.percent
-                if last_percent == 0 and status.queued and not status.generating:
-                    yield Progress(0, "queued")
-                elif percent is not None and percent > last_percent:
-                    last_percent = percent
-                    yield Progress(min(percent, 99))
+                event = progress.read(piece)
+                if event is not None:
+                    yield event
+        echo = progress.echo
         echo.finish()
         text = "".join(pieces)
         urls = image_links(text, sent=sent)
