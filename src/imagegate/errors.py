@@ -170,11 +170,13 @@ class EngineTimeout(EngineError):
 
 
 class EngineOverloaded(ImagegateError):
-    """An engine's queue is full: refused before anything was held or run, so a retry is safe."""
+    """An engine's queue is full: refused before anything ran, so a retry is safe. Met after the hold (the queue
+    filled while it was placed), it is settled as free under every failure policy."""
 
     status = 503
     type = "server_error"
     code = "engine_overloaded"
+    nothing_generated = True
 
 
 class ServerError(ImagegateError):

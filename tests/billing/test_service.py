@@ -11,7 +11,7 @@ import pytest
 from imagegate.api.auth import Principal
 from imagegate.billing import Billing, load_price_book
 from imagegate.catalog import Catalog, load_catalog
-from imagegate.errors import EngineError, PermissionDenied, ServerError, UpstreamError
+from imagegate.errors import EngineError, EngineOverloaded, PermissionDenied, ServerError, UpstreamError
 from imagegate.gateway import DeliveredImage, RunResult
 from imagegate.engines.base import ImageDone
 from imagegate.validate import RawRequest, validate
@@ -53,10 +53,15 @@ def test_failure_policies(tmp_path):
     req = request(n=2)
     error = EngineError("boom")
     assert settle(refund, req, result(0), error) == 0
-    # An error after images were drawn still delivers nothing to the client: refunded.
+    # A run that failed with an image not yet whole (its answer cut off) delivered nothing: refunded.
     assert settle(refund, req, result(1), error) == 0
     assert settle(charge, req, result(0), error) == 2 * 11_000 + 5  # as quoted: the upstream bills the call
     assert settle(charge, req, result(0), error, cancelled=True) == 0  # our own shutdown is never billed
+    # Cut short after one whole image: that image is paid; under `charge`, the call as quoted.
+    assert settle(refund, req, replace(result(1), cut_short=error)) == 11_000 + 5
+    assert settle(charge, req, replace(result(1), cut_short=error)) == 2 * 11_000 + 5
+    # A full queue met after the hold (others joined while it was placed): nothing ran, nothing is billed.
+    assert settle(charge, req, result(0), EngineOverloaded("full")) == 0
     # A relay's own channel policy decides for its errors; an upstream that provably did nothing is not billed.
     assert settle(refund, req, result(0), UpstreamError("x", failure_policy="charge"), engine="relay") == 2 * 11_000 + 5
     assert settle(charge, req, result(0), UpstreamError("x", nothing_generated=True, failure_policy="charge")) == 0
