@@ -137,5 +137,5 @@ def test_a_redirect_is_followed_and_checked_as_the_first_url_was(local_image, re
     data = asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, allow_private=True))
     assert data == IMAGE and hits == ["/a.png"]
     targets[0] = url  # a loop
-    with pytest.raises(InvalidRequest, match="redirects more than 5 times"):
+    with pytest.raises(InvalidRequest, match="redirected more than 5 times"):
         asyncio.run(fetch_image(url, param="p", max_bytes=1 << 20, allow_private=True))

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from pydantic import ValidationError
 
 from imagegate.catalog import Catalog
-from imagegate.config import ChannelConfig, ConfigError, UnsetVariable, first_error, resolve_env
+from imagegate.config import ENV_PREFIX, ChannelConfig, ConfigError, UnsetVariable, first_error, resolve_env
 from imagegate.db import Database
 from imagegate.db.schema import channels as channels_table
 from imagegate.routing import Channel, Router, channel_engine, route_catalog
@@ -46,7 +46,7 @@ def parse_channel(raw: dict[str, Any], catalog: Catalog, environ=os.environ) -> 
         raise ChannelError("models", f"unknown model(s) {unknown}; GET /v1/models lists them")
     if given.api_key.startswith("env:"):
         name = given.api_key[4:]
-        if not name.endswith("_API_KEY") or name.startswith("IMAGEGATE_"):
+        if not name.endswith("_API_KEY") or name.startswith(ENV_PREFIX):
             # The key is sent to the channel's host, which the admin API names: any variable would let a leaked
             # admin token carry the server's database password or cloud keys to a host of its choosing.
             raise ChannelError("api_key", f"a channel added through the API may name only a provider key's "

@@ -220,9 +220,8 @@ async def fetch_image(
                              param=param) from None
     except NotOk as exc:
         raise InvalidRequest(f"Fetching the image URL in '{param}' failed with HTTP {exc.status}.", param=param) from None
-    except TooManyRedirects:
-        raise InvalidRequest(f"The image URL in '{param}' redirects more than {MAX_REDIRECTS} times.",
-                             param=param) from None
+    except TooManyRedirects as exc:
+        raise InvalidRequest(f"The image URL in '{param}' {exc}.", param=param) from None
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, PrivateAddress):  # the name changed its answer since the check above
             raise _private(param) from None

@@ -139,7 +139,10 @@ class Router:
         return any(model.id in c.config.models for c in self.channels)
 
     def candidates(self, job: Job) -> list[Channel]:
-        """Highest priority tier first; weighted random order within a tier; open circuits last-resort skipped."""
+        """Highest priority tier first; weighted random order within a tier; open circuits skipped. Channels at
+        their cap go after those with room, each group in that order: a request would otherwise wait behind a full
+        channel while another that can serve it stands idle (only when every one is full does it wait, for the
+        first)."""
         now = self.clock()
         able = [c for c in self.channels if c.can_serve(job) and not c.is_open(now)]
         ordered: list[Channel] = []
@@ -149,6 +152,7 @@ class Router:
                 pick = self.rng.choices(tier, weights=[c.config.weight for c in tier])[0]
                 ordered.append(pick)
                 tier.remove(pick)
+        ordered.sort(key=lambda c: c.limiter.locked())  # stable: the order above holds within each group
         return ordered
 
     async def run(self, job: Job) -> AsyncIterator[Event]:
@@ -161,9 +165,6 @@ class Router:
                 f"{job.operation}{', transparent' if job.transparent else ''}).",
                 status=400, type="invalid_request_error", code="no_capable_channel",
             )
-        # A channel at its cap would have this request wait while another that can serve it has room: those with
-        # room go first, each group in routing order. Only when every one is full does it wait, for its first.
-        channels.sort(key=lambda c: c.limiter.locked())
         last_error: UpstreamError | None = None
         for channel in channels:
             attempt = 0

@@ -27,7 +27,6 @@ from imagegate.engines.upstream import (
     upstream_call,
     usage_from,
 )
-from imagegate.config import ChannelConfig
 from imagegate.errors import UpstreamError
 from imagegate.fetch import TooLarge, read_body
 
@@ -211,7 +210,7 @@ class ChatImageEngine(RelayEngine):
         pieces: list[str] = []  # joined once at the end: adding to one string copied it at each chunk
         length = 0
         async with upstream_call(self.client, request, channel, state) as response:
-            async for data in _answer_data(response, channel):
+            async for data in self._answer_data(response):
                 if data.strip() == "[DONE]":
                     break
                 try:
@@ -228,10 +227,7 @@ class ChatImageEngine(RelayEngine):
                 pieces.append(piece)
                 length += len(piece)
                 if length > MAX_ANSWER_CHARS:
-                    raise UpstreamError(
-                        f"The upstream '{channel.name}' sent more than {MAX_ANSWER_CHARS:,} characters.",
-                        code="upstream_bad_response", failure_policy=channel.failure_policy,
-                    )
+                    raise self.malformed(f"more than {MAX_ANSWER_CHARS:,} characters")
                 event = progress.read(piece)
                 if event is not None:
                     yield event
@@ -256,23 +252,19 @@ class ChatImageEngine(RelayEngine):
         yield Progress(100, "finishing")
         yield JobDone(usage_from(None, job, delivered))
 
-
-async def _answer_data(response: aiohttp.ClientResponse, channel: ChannelConfig) -> AsyncIterator[str]:
-    """The answer's payloads: an SSE stream's data, or, from an upstream that answers plain JSON whatever
-    ``stream`` said (a whole completion, or an error), that body as one."""
-    if response.content_type != "application/json":
+    async def _answer_data(self, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+        """The answer's payloads: an SSE stream's data, or, from an upstream that answers plain JSON whatever
+        ``stream`` said (a whole completion, or an error), that body as one."""
         try:
-            async for data in sse_data(response, 4 * MAX_ANSWER_CHARS):
-                yield data
-        except StreamTooLarge as exc:
-            raise UpstreamError(f"The upstream '{channel.name}' returned a malformed answer: {exc}.",
-                                code="upstream_bad_response", failure_policy=channel.failure_policy) from None
-        return
-    try:
-        body = await read_body(response, 4 * MAX_ANSWER_CHARS)
-    except TooLarge:
-        body = b"{}"  # no image answer is that long: read as one with no image
-    yield body.decode("utf-8", "replace")
+            if response.content_type != "application/json":
+                async for data in sse_data(response, 4 * MAX_ANSWER_CHARS):
+                    yield data
+                return
+            body = await read_body(response, 4 * MAX_ANSWER_CHARS)
+        except (StreamTooLarge, TooLarge) as exc:
+            raise self.malformed(str(exc)) from None
+        yield body.decode("utf-8", "replace")
+
 
 
 def _content(chunk: dict) -> str:

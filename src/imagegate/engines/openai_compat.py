@@ -127,13 +127,6 @@ class OpenAICompatEngine(RelayEngine):
             async for event in self._read_answer(job, response):
                 yield event
 
-    def _malformed(self, what: str) -> UpstreamError:
-        # A 200 with a body we cannot read: the upstream did the work (and billed it), so no retry.
-        return UpstreamError(
-            f"The upstream '{self.channel.name}' returned a malformed answer: {what}.",
-            status=502, code="upstream_bad_response", failure_policy=self.channel.failure_policy,
-        )
-
     async def _read_answer(self, job: Job, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         """The JSON answer, read as it arrives. When the client takes it so (and the channel allows), an image whose
         header shows what the client asked for is handed on at once, its base64 still streaming in; the rest
@@ -162,7 +155,7 @@ class OpenAICompatEngine(RelayEngine):
                 if not isinstance(items, list) or not items:
                     raise ValueError("no images in 'data'")
             except ValueError as exc:
-                raise self._malformed(str(exc)) from None
+                raise self.malformed(str(exc)) from None
             asked = items[: job.n]
             delivered = handed
             async for done in self.usable_images(asked[handed:], lambda index, item: self._image(job, index, item),
@@ -174,7 +167,7 @@ class OpenAICompatEngine(RelayEngine):
             yield JobDone(usage_from(payload.get("usage") if whole else None, job, delivered))
         except BaseException as exc:
             # Whoever forwards an image still arriving must stop, and not end its answer as if it were whole.
-            scanner.abort(exc if isinstance(exc, UpstreamError) else self._malformed("the answer was cut off"))
+            scanner.abort(exc if isinstance(exc, UpstreamError) else self.malformed("the answer was cut off"))
             raise
 
     @staticmethod
@@ -223,14 +216,14 @@ class OpenAICompatEngine(RelayEngine):
                         raw = decode_b64_image(event.get("b64_json", ""))
                         partial_index = int(event.get("partial_image_index", 0))
                     except (ValueError, TypeError) as exc:
-                        raise self._malformed(f"a partial image: {exc}") from None
+                        raise self.malformed(f"a partial image: {exc}") from None
                     yield PartialImage(index, partial_index, raw)
                     yield Progress(min(95, int(100 * (index + 0.5) / job.n)))
                 elif kind.endswith(".completed"):
                     try:
                         done = await self._image(job, index, event)
                     except (ValueError, aiohttp.ClientError, OSError) as exc:
-                        raise self._malformed(str(exc)) from None
+                        raise self.malformed(str(exc)) from None
                     reported = usage_from(event.get("usage"), job, 1)
                     if reported.estimated:
                         # An estimate is of the whole job's input: summed per image it would count it n times.
@@ -241,9 +234,9 @@ class OpenAICompatEngine(RelayEngine):
                     yield done
                     index += 1
         except StreamTooLarge as exc:
-            raise self._malformed(str(exc)) from None
+            raise self.malformed(str(exc)) from None
         if index == 0:
-            raise self._malformed("the stream ended without a completed image")
+            raise self.malformed("the stream ended without a completed image")
         yield JobDone(usage if every_usage else usage_from(None, job, index))
 
 

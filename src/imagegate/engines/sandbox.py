@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from typing import AsyncIterator
 
 from imagegate import imaging
-from imagegate.catalog import Size
-from imagegate.catalog.tokens import PARTIAL_IMAGE_TOKENS, Usage, input_image_tokens, output_tokens, text_tokens
+from imagegate.billing.pricing import estimate_usage
+from imagegate.catalog.tokens import Usage
 from imagegate.engines import sandbox_render
 from imagegate.engines.base import Event, ImageDone, Job, JobDone, PartialImage, Progress
 
@@ -25,16 +26,10 @@ def _seed(job: Job, index: int) -> int:
 
 
 def job_usage(job: Job) -> Usage:
-    """What the real model bills for this job, from the published token tables."""
-    table = job.model.token_table
-    if table == "none":
+    """What the real model bills for this job, from the published token tables (a chat-only model reports none)."""
+    if job.model.token_table == "none":
         return Usage()
-    image_in = sum(
-        input_image_tokens(table, Size(*img.size), job.input_fidelity) for img in job.images
-    )
-    out = output_tokens(table, job.quality, job.size) * job.n
-    out += PARTIAL_IMAGE_TOKENS * job.partial_images * job.n
-    return Usage(text_tokens=text_tokens(job.prompt), image_tokens=image_in, output_tokens=out)
+    return replace(estimate_usage(job, job.n), estimated=False)
 
 
 class SandboxEngine:

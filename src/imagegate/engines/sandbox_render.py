@@ -96,7 +96,7 @@ def render_edit(
     base = _cover(_to_rgba(images[0]), width, height)
     base_rgb = base.convert("RGB")
     base_alpha = base.getchannel("A")
-    base_opaque = base_alpha.getextrema()[0] == 255
+    lowest_alpha = base_alpha.getextrema()[0]
 
     if mask is not None:
         keep = _cover(_mask_keep_channel(mask), width, height, Image.Resampling.BILINEAR)
@@ -106,7 +106,7 @@ def render_edit(
             rgb = Image.composite(base_rgb, scene_rgb, keep)
             alpha: Image.Image | None = Image.composite(base_alpha, scene_alpha, keep)
         else:
-            if not base_opaque:
+            if lowest_alpha < 255:  # not opaque throughout
                 keep = ImageChops.multiply(keep, base_alpha)
             rgb = Image.composite(base_rgb, scene_rgb, keep)
             alpha = None
@@ -116,7 +116,7 @@ def render_edit(
         tint = _background(width, height, palette, np.random.default_rng(_mix_seed("edit-bg", seed, prompt)))
         rgb = Image.blend(base_rgb, tint, 0.24)
         if transparent:
-            if base_alpha.getextrema()[0] == 0:
+            if lowest_alpha == 0:
                 alpha = base_alpha.copy()  # the input is already a cut-out: keep it
             else:
                 # An opaque (or only partly translucent) input: cut the subject out of its backdrop, as a real
@@ -124,7 +124,7 @@ def render_edit(
                 rgb, cutout = _cut_out(rgb, base_rgb, prompt, seed)
                 alpha = ImageChops.darker(base_alpha, cutout)
         else:
-            if not base_opaque:
+            if lowest_alpha < 255:
                 rgb = Image.composite(rgb, tint, base_alpha)
             alpha = None
         _draw_caption(rgb, alpha, prompt, palette, position="top")

@@ -31,9 +31,9 @@ from imagegate import imaging
 from imagegate.catalog import Size
 from imagegate.catalog.tokens import Usage
 from imagegate.engines.base import Job
-from imagegate.engines.sandbox import job_usage
+from imagegate.billing.pricing import estimate_usage
 from imagegate.errors import REFUSAL_CODES, EngineTimeout, InvalidImage, UpstreamError
-from imagegate.fetch import NotOk, TooManyRedirects, env_proxy, public_connector, public_host, read_body, read_followed
+from imagegate.fetch import env_proxy, public_connector, public_host, read_body, read_followed
 
 if TYPE_CHECKING:
     from imagegate.config import ChannelConfig
@@ -368,8 +368,7 @@ async def within(
 
 
 async def download(
-    session: UpstreamSession, url: str, *, max_bytes: int, trusted_hosts: frozenset[str] = frozenset(),
-    max_redirects: int = 3,
+    session: UpstreamSession, url: str, *, max_bytes: int, trusted_hosts: frozenset[str] = frozenset()
 ) -> bytes:
     """An image an upstream pointed to. The URL came over the wire, so every hop must be a public address or a
     host the operator configured (the channel's own)."""
@@ -381,10 +380,7 @@ async def download(
         proxy = session.proxy_for(target)
         return (session.get() if trusted or proxy else session.public()), proxy
 
-    try:
-        return await read_followed(url, hop, max_bytes=max_bytes, max_redirects=max_redirects)
-    except (NotOk, TooManyRedirects) as exc:
-        raise ValueError(f"image download {exc}") from None
+    return await read_followed(url, hop, max_bytes=max_bytes)  # its errors are ValueErrors that say what failed
 
 
 class RelayEngine:
@@ -405,6 +401,13 @@ class RelayEngine:
     def _attempt(self, job: Job, state: Attempt) -> AsyncIterator[Any]:
         raise NotImplementedError
 
+    def malformed(self, what: str) -> UpstreamError:
+        """A 200 whose answer cannot be used: the upstream did the work (and billed it), so no retry."""
+        return UpstreamError(
+            f"The upstream '{self.channel.name}' returned a malformed answer: {what}.",
+            code="upstream_bad_response", failure_policy=self.channel.failure_policy,
+        )
+
     async def usable_images(
         self, sources: list[Any], read: Callable[[int, Any], Awaitable[Any]], *, first: int = 0
     ) -> AsyncIterator[Any]:
@@ -418,10 +421,7 @@ class RelayEngine:
             except (ValueError, aiohttp.ClientError, OSError) as exc:
                 log.warning("upstream %s: image %d of %d is unusable: %s", self.channel.name, position + 1,
                             len(sources), exc)
-                failed = failed or UpstreamError(
-                    f"The upstream '{self.channel.name}' returned an unusable image: {exc}.",
-                    status=502, code="upstream_bad_response", failure_policy=self.channel.failure_policy,
-                )
+                failed = failed or self.malformed(f"an unusable image: {exc}")
                 continue
             yield done
             delivered += 1
@@ -532,6 +532,4 @@ def usage_from(raw: Any, job: Job, delivered: int) -> Usage:
                 return Usage(text_tokens=text, image_tokens=image, output_tokens=output)
         except (KeyError, TypeError, ValueError):
             pass
-    estimate = job_usage(job)
-    per_image = estimate.output_tokens // max(job.n, 1)
-    return Usage(estimate.text_tokens, estimate.image_tokens, per_image * delivered, estimated=True)
+    return estimate_usage(job, delivered)
