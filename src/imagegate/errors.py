@@ -61,9 +61,9 @@ class InvalidRequest(ImagegateError):
 class UnknownParameter(InvalidRequest):
     code = "unknown_parameter"
 
-    def __init__(self, param: str, model: str | None = None) -> None:
+    def __init__(self, param: str, model: str | None = None, *, hint: str = "") -> None:
         suffix = f" Model '{model}' does not accept it." if model else ""
-        super().__init__(f"Unknown parameter: '{param}'.{suffix}", param=param)
+        super().__init__(f"Unknown parameter: '{param}'.{suffix}" + (f" {hint}" if hint else ""), param=param)
 
 
 class MissingParameter(InvalidRequest):

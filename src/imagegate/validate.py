@@ -27,7 +27,12 @@ GENERATION_PARAMS = {
     "moderation", "stream", "partial_images", "response_format", "style", "user", "safety_identifier",
     "complexity",
 }
-EDIT_PARAMS = GENERATION_PARAMS | {"input_fidelity", "image", "image[]", "images", "mask"}
+# The images themselves (multipart files, a JSON body's images/mask, chat messages' parts) arrive apart from the
+# fields: a field by one of their names is unknown.
+EDIT_PARAMS = GENERATION_PARAMS | {"input_fidelity"}
+_IMAGE_NAMES = {"image", "image[]", "images", "mask"}
+_IMAGES_GO = ("A multipart edit sends its images as files in 'image' or 'image[]' (and 'mask'); a JSON edit sends "
+              "them in 'images': [{image_url}] (and 'mask': {image_url}).")
 DEFAULT_MODEL = "gpt-image-1.5"
 # Optional parameters a relay forwards as the client sent them (size, n, quality and the rest are sent resolved).
 _RELAYED = {
@@ -184,14 +189,15 @@ def validate(
     known = EDIT_PARAMS if raw.operation == "edit" else GENERATION_PARAMS
     for name in raw.fields:
         if name not in known:
+            if name in _IMAGE_NAMES and raw.operation == "edit":  # an image where only a field can be
+                raise UnknownParameter(name, hint=_IMAGES_GO)
             raise UnknownParameter(name)
     f = _Fields(raw.fields, raw.multipart)
     model = resolve_model(catalog, raw.fields.get("model"), raw.operation)
 
     # A parameter this model does not take is refused, as OpenAI does, rather than silently ignored.
-    always = {"prompt", "model", "image", "image[]", "images", "mask"}
     for name, value in raw.fields.items():
-        if value is None or name in always or name in model.params:
+        if value is None or name in ("prompt", "model") or name in model.params:
             continue
         if name == "input_fidelity" and model.token_table.startswith("gpt-image-2"):
             raise InvalidRequest(

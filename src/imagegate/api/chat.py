@@ -19,13 +19,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, stream_headers
-from imagegate.api.references import OUR_LINK_RE, load_images
+from imagegate.api.references import OUR_LINK_RE, check_before_fetch, load_images
 from imagegate.api.wire import base_url, json_body, request_id
 from imagegate.catalog.sizes import ratio_label
 from imagegate.engines.base import Progress
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, ModerationBlocked, is_refusal
 from imagegate.gateway import Run, Stored
-from imagegate.validate import RawRequest, check_image_count, validate_request
+from imagegate.validate import RawRequest, validate_request
 
 router = APIRouter()
 
@@ -107,9 +107,11 @@ async def _raw_request(request: Request, body: dict[str, Any]) -> RawRequest:
             fields[name] = body[name]
     if not refs:
         return RawRequest("generate", fields)
-    check_image_count(model, len(refs), refs[0][0])  # before anything is fetched: the count alone decides it
-    images = await load_images(request, refs, model)
-    return RawRequest("edit", fields, images=[("image", data) for data in images], images_param=refs[0][0])
+    check_before_fetch(request, model, len(refs), refs[0][0])
+    images = await load_images(request, refs)
+    # Each image keeps its own param, so that a refusal names the message it came from.
+    return RawRequest("edit", fields, images=[(param, data) for (param, _), data in zip(refs, images)],
+                      images_param=refs[0][0])
 
 
 class _Chunks:
@@ -218,11 +220,9 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
     except ImagegateError as exc:
         if not is_refusal(exc):
             raise
-        # An upstream's refusal, as ours before the run: said in the conversation, with any image it let through
-        # first (kept, and perhaps paid for).
-        made = _stored_images(run)
-        shown = "\n\n" + _image_markdown(request, made).strip() if made else ""
-        return _refusal(chunks, _blocked_text(exc) + shown, stream=False)
+        # An upstream's refusal, as ours before the run: said in the conversation, with what it cost. (A refusal
+        # after whole images ends the run as a success with them: see Gateway._drive.)
+        return _refusal(chunks, _blocked_text(exc), stream=False, run=run)
     except BaseException:
         run.abandon()
         raise
@@ -245,10 +245,11 @@ def _completion(completion_id: str, model: str, created: int, content: str, fini
     }
 
 
-def _refusal(chunks: _Chunks, text: str, stream: bool) -> Any:
+def _refusal(chunks: _Chunks, text: str, stream: bool, run: Run | None = None) -> Any:
+    """A refusal said in the conversation: the prompt guard's before any run (``run`` None), or an upstream's."""
     if not stream:
         return JSONResponse(_completion(chunks.completion_id, chunks.model, chunks.created, text, "content_filter",
-                                        _chat_usage(None)))
+                                        _chat_usage(run)), headers=cost_headers(run) if run is not None else None)
 
     async def body() -> AsyncIterator[bytes]:
         yield chunks.delta({"role": "assistant", "content": ""})
@@ -262,7 +263,6 @@ def _refusal(chunks: _Chunks, text: str, stream: bool) -> Any:
 async def _stream(request: Request, run: Run, chunks: _Chunks) -> AsyncIterator[bytes]:
     say = chunks.say
     stored: list = []
-    shown = False
     try:
         yield chunks.delta({"role": "assistant", "content": ""})
         yield say(_prompt_block(run))
@@ -290,14 +290,13 @@ async def _stream(request: Request, run: Run, chunks: _Chunks) -> AsyncIterator[
         if last_percent < 100:
             yield say(" 100\n\n" if generating else "")
         yield say("> ✅ Generation complete\n\n")
-        shown = True
         yield say(_image_markdown(request, stored))
         for chunk in chunks.end("stop", _chat_usage(run)):
             yield chunk
     except ImagegateError as exc:
         # Said in the conversation, where a chat window shows it (an error event alone left the message cut off
-        # after its progress line), with any image already made, which is kept and may be paid for.
-        if stored and not shown:
+        # after its progress line), with any image already kept (one stored before a later one failed to be).
+        if stored:
             yield say("\n\n" + _image_markdown(request, stored))
         if is_refusal(exc):
             yield say(f"\n\n{_blocked_text(exc)}")

@@ -18,7 +18,7 @@ from starlette.formparsers import MultiPartException
 
 from imagegate.api.auth import Principal, require_principal
 from imagegate.api.billing import cost_headers, start_run, stream_headers
-from imagegate.api.references import load_images
+from imagegate.api.references import check_before_fetch, load_images
 from imagegate.api.wire import base_url, content_type, json_body, request_id
 from imagegate.api.render import (
     AnswerCutOff,
@@ -32,7 +32,7 @@ from imagegate.api.render import (
 from imagegate.engines.base import Base64Stream, ImageDone, PartialImage
 from imagegate.errors import ImagegateError, InvalidRequest, InvalidType, UnsupportedMediaType
 from imagegate.gateway import Run
-from imagegate.validate import RawRequest, check_image_count, image_reference_url, resolve_model, validate_request
+from imagegate.validate import RawRequest, image_reference_url, resolve_model, validate_request
 
 router = APIRouter()
 log = logging.getLogger("imagegate.api")
@@ -66,10 +66,6 @@ async def _multipart(request: Request, settings) -> RawRequest:
         else:
             if name in ("image", "image[]", "mask"):
                 raise InvalidType(f"Invalid type for '{name}': expected a file upload, but got text.", param=name)
-            if name == "images":  # the JSON body's field: in a form it would be taken, and silently ignored
-                raise InvalidRequest("Unknown parameter: 'images'. A multipart edit sends its images as files in "
-                                     "'image' or 'image[]'; 'images' is the JSON body's.", param=name,
-                                     code="unknown_parameter")
             fields[name] = value
     await form.close()
     return RawRequest("edit", fields, multipart=True, images=images, mask=mask)
@@ -94,12 +90,12 @@ async def _json_edit(request: Request, body: dict[str, Any]) -> RawRequest:
                              param="images", code="missing_required_parameter")
     # Before anything is fetched: the model (known, editing, allowed to this key) and the count alone decide.
     model = resolve_model(request.app.state.channels.catalog, fields.get("model"), "edit")
-    check_image_count(model, len(refs), "images")
+    check_before_fetch(request, model, len(refs), "images")
     # As OpenAI's: each image_url a URL (fetched, public hosts only) or a data URL.
     urls = [(f"images[{i}].image_url", image_reference_url(ref, f"images[{i}]")) for i, ref in enumerate(refs)]
     if mask_ref is not None:
         urls.append(("mask.image_url", image_reference_url(mask_ref, "mask")))
-    loaded = await load_images(request, urls, model)
+    loaded = await load_images(request, urls)
     mask = loaded.pop() if mask_ref is not None else None
     # Each image keeps its own param, so that a refusal names the one at fault.
     images = [(param, data) for (param, _), data in zip(urls, loaded)]

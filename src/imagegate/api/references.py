@@ -13,7 +13,7 @@ from imagegate.billing.service import check_model_allowed
 from imagegate.catalog import Model
 from imagegate.errors import InvalidRequest
 from imagegate.fetch import ByteBudget, OverBudget, fetch_image
-from imagegate.validate import decode_data_url
+from imagegate.validate import check_image_count, decode_data_url
 
 OUR_LINK_RE = re.compile(r"/files/([0-9a-f]{32}\.(?:png|jpeg|webp))\?expires=(\d+)&signature=([0-9a-f]+)")
 
@@ -39,12 +39,18 @@ async def load_image(request: Request, url: str, param: str, budget: ByteBudget)
         ) from None
 
 
-async def load_images(request: Request, refs: list[tuple[str, str]], model: Model) -> list[bytes]:
+def check_before_fetch(request: Request, model: Model, count: int, param: str) -> None:
+    """What refuses a request before any of its ``count`` referenced images is fetched on its behalf: a key that may
+    not use ``model``, or more images than the model takes."""
+    check_model_allowed(model.id, getattr(request.state, "principal", None))
+    check_image_count(model, count, param)
+
+
+async def load_images(request: Request, refs: list[tuple[str, str]]) -> list[bytes]:
     """Every ``(param, url)`` at once: one ``image_fetch_timeout_seconds`` for them all, the whole of each fetch
     (one after another, 16 slow hosts took 16 times that before the answer began; a per-read timeout is what a
     trickling server evades), and ``max_request_bytes`` for their sum, as for an upload (counted as they arrive).
-    Not for a key that may not use ``model``: it learns that before anything is fetched on its behalf."""
-    check_model_allowed(model.id, getattr(request.state, "principal", None))
+    Call :func:`check_before_fetch` first."""
     settings = request.app.state.settings
     budget = ByteBudget(settings.max_request_bytes)
     loads = [asyncio.ensure_future(load_image(request, url, param, budget)) for param, url in refs]
