@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,11 @@ async def _run(args: argparse.Namespace, settings) -> int:
     url = resolve_url(settings.database_url, settings.data_dir)
     timeout = settings.database_write_timeout_seconds
     command = args.command
-    # Looking must not create the data dir's database: its presence turns metering on at the next `serve`.
-    absent = _sqlite_file_absent(url)
+    # Only what creates something may create the data dir's database: its presence turns metering on at the next
+    # `serve`. Anything else, on a data dir without one, answers as it would with an empty one and leaves it absent.
+    stand_in = _sqlite_file_absent(url) and (command, args.action) not in _CREATES
     if command == "db":
-        if args.action == "current" and absent:
+        if stand_in:
             revision = None
         else:
             async with opened(url, upgrade=args.action == "upgrade", write_timeout=timeout) as db:
@@ -104,7 +106,8 @@ async def _run(args: argparse.Namespace, settings) -> int:
         print(f"schema revision: {revision or 'none'} (newest: {head_revision()})")
         return 0
     out = _Out(prices, getattr(args, "json", False))
-    if absent and (command, args.action) in _READ_ONLY:
+    handler = _HANDLERS[(command, args.action)]
+    if stand_in and (command, args.action) in _READ_ONLY:
         if (command, args.action) == ("accounts", "show"):
             raise ImagegateError(f"No account named '{args.name}' (there is no database yet: {url}).", status=404)
         if out.json:
@@ -112,8 +115,14 @@ async def _run(args: argparse.Namespace, settings) -> int:
         else:
             print(f"nothing yet: there is no database ({url}); this data dir's server is unmetered", file=sys.stderr)
         return 0
+    if stand_in:
+        # A write to what is not there (a top-up, a revocation): refused by a throwaway empty database, with the
+        # same message and status as the data dir's own would give once it exists.
+        with tempfile.TemporaryDirectory(prefix="imagegate-") as scratch:
+            async with opened(resolve_url("", Path(scratch)), write_timeout=timeout) as db:
+                return await handler(BillingStore(db), args, out, prices)
     async with opened(url, write_timeout=timeout) as db:
-        return await _HANDLERS[(command, args.action)](BillingStore(db), args, out, prices)
+        return await handler(BillingStore(db), args, out, prices)
 
 
 def _sqlite_file_absent(url: str) -> bool:
@@ -266,6 +275,9 @@ async def _usage(store, args, out, prices) -> int:
     return 0
 
 
+# The commands that may create a database where there is none (SQLite's file; a PostgreSQL URL always "exists").
+_CREATES = {("accounts", "create"), ("db", "upgrade")}
+# Of the others, those that only look: answered without opening any database when there is none.
 _READ_ONLY = {("accounts", "show"), ("accounts", "list"), ("keys", "list"), ("usage", "usage")}
 _HANDLERS = {
     ("accounts", "create"): _account_create,

@@ -88,3 +88,29 @@ def test_looking_at_an_unmetered_data_dir_leaves_it_unmetered(tmp_path, capsys, 
     assert "No account named 'acme'" in capsys.readouterr().err
     assert not (data / DB_FILE).exists()
     assert not metering_enabled(load_settings(None, environ={}, overrides={"data_dir": data}))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("keys", "revoke", "sk-ig-abcdef"), "No API key with prefix 'sk-ig-abcdef'"),
+        (("keys", "revoke", "sk-ig-"), "is not a key's prefix"),
+        (("accounts", "topup", "nobody", "1"), "No account named 'nobody'"),
+        (("accounts", "group", "nobody", "default"), "No account named 'nobody'"),
+        (("keys", "create", "--account", "nobody"), "No account named 'nobody'"),
+    ],
+)
+def test_a_refused_write_leaves_an_unmetered_data_dir_unmetered(tmp_path, capsys, monkeypatch, args, message):
+    """Only `accounts create` (and `db upgrade`) may make the data dir's database: a mistyped write that is refused
+    anyway must not leave one behind, which would turn metering on at the next `serve`."""
+    from imagegate.config import DB_FILE, load_settings, metering_enabled
+
+    monkeypatch.delenv("IMAGEGATE_DATABASE_URL", raising=False)
+    data = tmp_path / "data"
+    assert main([*args, "--data-dir", str(data)]) == 1
+    assert message in capsys.readouterr().err
+    assert not (data / DB_FILE).exists()
+    assert not metering_enabled(load_settings(None, environ={}, overrides={"data_dir": data}))
+    assert main(["accounts", "create", "acme", "--data-dir", str(data)]) == 0  # creating still creates it
+    assert (data / DB_FILE).exists()
+    assert metering_enabled(load_settings(None, environ={}, overrides={"data_dir": data}))
