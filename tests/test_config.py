@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.config import ConfigError, load_settings
+from imagegate.config import ConfigError, Settings, load_settings
 
 
 def test_precedence_defaults_file_env_flags(tmp_path):
@@ -22,15 +22,35 @@ def test_defaults_need_nothing():
     assert settings.url_ttl_seconds == 7 * 24 * 3600
 
 
-@pytest.mark.parametrize(
-    "text, where",
-    [('port = 99999\n', "port"), ('nonsense = 1\n', "nonsense"), ('port = [\n', "c.toml")],
-)
+@pytest.mark.parametrize("text, where", [('port = 99999\n', "port"), ('nonsense = 1\n', "nonsense")])
 def test_bad_config_names_the_entry(tmp_path, text, where):
     config = tmp_path / "c.toml"
     config.write_text(text)
     with pytest.raises(ConfigError, match=where):
         load_settings(config, environ={})
+
+
+# A file the TOML reader cannot use, as each caller (config, price file, rule files) must refuse it: one line naming
+# the file and what is wrong, never an OSError's or a decoder's traceback. tests/billing/test_prices.py and
+# tests/guard/test_guard_rules.py take the same cases.
+UNREADABLE_TOML = {
+    "missing": (lambda path: None, "not found"),
+    "directory": (lambda path: path.mkdir(), "cannot read: Is a directory"),
+    "not UTF-8": (lambda path: path.write_bytes(b'host = "caf\xe9"\n'), "not UTF-8"),
+    "invalid TOML": (lambda path: path.write_text("port = [\n"), "invalid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE_TOML)
+def test_an_unreadable_config_file_is_refused_in_one_line(tmp_path, case):
+    make, problem = UNREADABLE_TOML[case]
+    config = tmp_path / "c.toml"
+    make(config)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config, environ={})
+    message = str(exc.value)
+    assert message.startswith("config file") and problem in message and str(config) in message
+    assert "\n" not in message and exc.value.__cause__ is None and exc.value.__suppress_context__
 
 
 def test_an_empty_path_variable_unsets_it_and_a_misspelt_one_is_warned_about(caplog):
@@ -47,3 +67,24 @@ def test_a_blank_admin_token_is_no_token(tmp_path):
     settings = load_settings(None, environ={"IMAGEGATE_ADMIN_TOKEN": "  "}, overrides={"data_dir": tmp_path})
     assert settings.admin_token == "" and not metering_enabled(settings)  # no admin API, no database made
     assert load_settings(None, environ={"IMAGEGATE_ADMIN_TOKEN": " t0ken\n"}).admin_token == "t0ken"
+
+
+PATH_SETTINGS = [name for name, field in Settings.model_fields.items() if "Path" in str(field.annotation)]
+
+
+def test_the_path_settings_are_found():
+    assert set(PATH_SETTINGS) == {"data_dir", "guard_rule_files", "price_file"}
+
+
+@pytest.mark.parametrize("name", PATH_SETTINGS)
+def test_an_empty_variable_for_any_path_setting_means_its_default(name):
+    # `IMAGEGATE_DATA_DIR=` is how a shell unsets it, not the current directory (docs/configuration.md).
+    settings = load_settings(None, environ={f"IMAGEGATE_{name.upper()}": ""})
+    assert getattr(settings, name) == Settings.model_fields[name].default
+
+
+def test_the_test_database_variable_is_no_misspelt_setting(caplog):
+    # .ci/run and the database tests set it on purpose; it is read by the tests, never by the server.
+    settings = load_settings(None, environ={"IMAGEGATE_TEST_DATABASE_URL": "postgresql+asyncpg://u@h/db"})
+    assert settings.database_url == ""
+    assert [r.getMessage() for r in caplog.records if r.name == "imagegate.config"] == []

@@ -34,10 +34,13 @@ def _load_guard(settings: Settings):
     if settings.guard_policy == "off":
         return None
     try:
-        from imagegate.guard import PromptGuard
+        from imagegate.guard import PromptGuard, RuleError
     except ImportError:  # pragma: no cover - the guard ships with the package
         return None
-    return PromptGuard.load(extra_paths=[Path(p) for p in settings.guard_rule_files])
+    try:
+        return PromptGuard.load(extra_paths=[Path(p) for p in settings.guard_rule_files])
+    except RuleError as exc:  # the operator's rule file: a configuration problem, said in one line at start-up
+        raise ConfigError(f"guard_rule_files: {exc}") from None
 
 
 def _billing(settings: Settings, catalog: Catalog, keys: KeyStore | None):

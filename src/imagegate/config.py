@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imagegate.tomlfile import read_toml
 
 log = logging.getLogger("imagegate.config")
 ENV_PREFIX = "IMAGEGATE_"
@@ -159,19 +160,28 @@ class Settings(BaseModel):
         return self.data_dir / "images"
 
 
-# The IMAGEGATE_ variable that is not a setting: `serve --workers N` hands its workers the settings it read, as JSON.
+# The IMAGEGATE_ variables that are not settings, and so are not warned about: `serve --workers N` hands its
+# workers the settings it read, as JSON, in the first; the second names a PostgreSQL that the database tests also
+# run on (.ci/run sets it), and the server never reads it.
 WORKER_ENV = "IMAGEGATE_WORKER_SETTINGS"
+TEST_DATABASE_ENV = "IMAGEGATE_TEST_DATABASE_URL"
+NOT_SETTINGS_ENV = frozenset({WORKER_ENV, TEST_DATABASE_ENV})
+
+
+def _is_path_setting(annotation: Any) -> bool:
+    """A Path, an optional Path or a tuple of Paths."""
+    return annotation is Path or any(_is_path_setting(arg) for arg in get_args(annotation))
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, field in Settings.model_fields.items():
         raw = environ.get(ENV_PREFIX + name.upper())
-        if raw == "" and field.annotation == (Path | None):
-            continue  # `IMAGEGATE_PRICE_FILE=` is how a shell unsets it, not a path to the current directory
+        if raw == "" and _is_path_setting(field.annotation):
+            continue  # `IMAGEGATE_DATA_DIR=` is how a shell unsets it (the default), not the current directory
         if raw is not None:
             values[name] = raw
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {WORKER_ENV}
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | NOT_SETTINGS_ENV
     for variable in sorted(set(environ) - known):
         if variable.startswith(ENV_PREFIX):
             # Warned, not refused: an environment holds what other tools set too. But a misspelt setting would
@@ -220,13 +230,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            with open(config_file, "rb") as fh:
-                values.update(tomllib.load(fh))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {config_file}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: {exc}") from None
+        values.update(read_toml(config_file, "config file", ConfigError))
     values.update(_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["channels"] = _resolve_channels(values.get("channels") or [], environ)

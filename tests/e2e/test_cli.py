@@ -79,3 +79,13 @@ def test_serve_refuses_a_bad_config_in_one_line(tmp_path):
     done = run_cli("serve", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "port" in done.stderr
+
+
+def test_serve_refuses_a_bad_guard_rule_file_in_one_line(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text("not = [toml\n")
+    config = tmp_path / "imagegate.toml"
+    config.write_text(f"guard_rule_files = [{str(rules)!r}]\n")
+    done = run_cli("serve", "--config", str(config), "--port", "0", cwd=tmp_path)
+    assert done.returncode == 2  # a configuration problem, not a crash with a traceback
+    assert done.stderr.strip().count("\n") == 0 and "guard_rule_files" in done.stderr and "invalid TOML" in done.stderr

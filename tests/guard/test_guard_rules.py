@@ -10,6 +10,7 @@ import pytest
 
 from imagegate.guard import PromptGuard, RuleError, load_rules
 from imagegate.guard.rules import RULES_DIR, SHIPPED_FILES
+from tests.test_config import UNREADABLE_TOML
 
 LANGUAGES = ("en", "es", "zh", "ja")
 KANA = re.compile("[\u3040-\u30ff]")
@@ -172,7 +173,6 @@ entries = [ { name = "Hidetaka Miyazaki", aliases = ["Miyazaki"], suggestion = "
         ("[category.x]\nseverity = 'hard'\ndescribe = 'x'\ncombine_with = ['nope']\ncombined_category = 'y'\n",
          "unknown category"),
         ("[allow]\nphrases = 'not a list of strings' \nother = [3]\n", "allow.other"),
-        ("this is = = not toml", "invalid TOML"),
         ("[category.x]\nseverity = 'hard'\ndescribe = 'x'\nterms = ['!!!']\n", "no letters"),
     ],
 )
@@ -185,6 +185,13 @@ def test_bad_operator_files_are_rejected_with_a_clear_message(tmp_path: Path, te
         assert "bad.toml" in str(info.value)
 
 
-def test_missing_operator_file(tmp_path: Path) -> None:
-    with pytest.raises(RuleError, match="cannot read"):
-        PromptGuard.load(extra_paths=[tmp_path / "nope.toml"])
+@pytest.mark.parametrize("case", UNREADABLE_TOML)
+def test_missing_or_unreadable_operator_file_is_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    make, problem = UNREADABLE_TOML[case]
+    path = tmp_path / "extra.toml"
+    make(path)
+    with pytest.raises(RuleError) as info:
+        PromptGuard.load(extra_paths=[path])
+    message = str(info.value)
+    assert message.startswith("rule file") and problem in message and str(path) in message
+    assert "\n" not in message and info.value.__cause__ is None and info.value.__suppress_context__

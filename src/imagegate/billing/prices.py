@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from imagegate.billing.money import MoneyError, to_decimal
 from imagegate.catalog.sizes import Size, parse_size
 from imagegate.config import ConfigError
+from imagegate.tomlfile import read_toml
 
 if TYPE_CHECKING:
     from imagegate.catalog import Catalog
@@ -123,15 +124,7 @@ def _read(path: Path | None) -> tuple[dict[str, Any], str]:
     if path is None:
         text = resources.files("imagegate.billing").joinpath("prices.toml").read_text("utf-8")
         return tomllib.loads(text), "shipped prices.toml"
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh), str(path)
-    except FileNotFoundError:
-        raise PriceBookError(f"price file not found: {path}") from None
-    except OSError as exc:  # a directory, no permission: one line, as for any bad file
-        raise PriceBookError(f"price file {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PriceBookError(f"price file {path}: {exc}") from None
+    return read_toml(path, "price file", PriceBookError), str(path)
 
 
 def price_file_stamp(path: Path | None) -> tuple[int, int] | None:

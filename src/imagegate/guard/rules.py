@@ -26,7 +26,6 @@ listed in ``RuleSet.conflicts`` (the shipped files are tested to have none).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Literal
 
 from imagegate.guard.matcher import Matcher, latin_form
 from imagegate.guard.normalize import fold, has_cjk
+from imagegate.tomlfile import read_toml
 
 __all__ = ["Rule", "RuleSet", "RuleError", "CategorySpec", "load_rules", "SHIPPED_FILES", "RULES_DIR", "ALLOW"]
 
@@ -129,15 +129,7 @@ class _Builder:
         self.allow: list[str] = []
 
     def add_file(self, path: Path) -> None:
-        source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
-        except OSError as exc:
-            raise RuleError(f"{source}: cannot read rule file: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise RuleError(f"{source}: invalid TOML: {exc}") from exc
-        self.add_document(doc, source)
+        self.add_document(read_toml(path, "rule file", RuleError), str(path))
 
     def add_document(self, doc: Mapping[str, Any], source: str) -> None:
         for key in doc:
