@@ -128,6 +128,18 @@ def test_image_url_reference_makes_it_an_edit(client):
     assert r > g + 50 and r > b + 50  # built on the red reference
 
 
+def test_an_unusable_reference_image_is_refused_naming_its_message(client):
+    not_an_image = base64.b64encode(b"GIF89a but not really").decode()
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="gpt-4o-image-vip", messages=[
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": [{"type": "text", "text": "put a hat on it"},
+                                         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{not_an_image}"}}]},
+        ])
+    assert exc.value.body["param"] == "messages[2].content"  # where the client put it; there is no 'image' field
+
+
 def test_follow_up_edits_the_previous_image(client):
     first = client.chat.completions.create(model="gpt-4o-image", messages=[{"role": "user", "content": "a red car, 2:3"}])
     answer = first.choices[0].message.content

@@ -633,6 +633,11 @@ def test_a_chat_upstream_that_answers_plain_json_is_read(faults, tmp_path):
         with pytest.raises(openai.BadRequestError) as exc:  # a refusal, as seeds 000/002 show it: the client's 400
             client.images.generate(model="gpt-4o-image", prompt="a cat", size="1024x1024")
         assert exc.value.body["code"] == "input_moderation"
+        # Past any chat answer's size, plain JSON is malformed, as an oversized stream is (not "no image").
+        faults.default = Reply(200, json.dumps({"choices": [], "padding": "x" * 4_100_000}).encode())
+        with pytest.raises(openai.InternalServerError) as exc:
+            client.images.generate(model="gpt-4o-image", prompt="a cat", size="1024x1024")
+        assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_bad_response"
 
 
 def test_words_in_the_prompt_are_not_read_as_the_upstreams_progress(faults, tmp_path):

@@ -195,3 +195,21 @@ def test_a_stream_whose_usage_lacks_output_tokens_is_estimated_once_for_the_job(
         books = settled(live, "acme")
         assert books["settle"] == one + 11_000  # the second image adds its price, not the prompt again
         assert_books_balance(books)
+
+
+def test_a_chat_refusal_billed_under_charge_says_its_cost(faults, tmp_path):
+    """An upstream's refusal in a chat answered whole (not streamed) carries the cost it was charged, as any
+    answer does; under `charge` it is not free, and it said nothing."""
+    refusal = json.dumps({"error": {"message": "Your prompt was flagged.", "type": "upstream_error",
+                                    "code": "input_moderation"}})
+    faults.default = Reply(200, f"data: {refusal}\n\n".encode(), {"content-type": "text/event-stream"})
+    chat = {"name": "chat", "base_url": faults.base_url, "api_key": "k", "models": ["gpt-4o-image"],
+            "type": "chat-image", "failure_policy": "charge"}
+    with metered_server("sqlite", tmp_path, channels=(chat,)) as live:
+        key = new_account(live, "acme", "1")
+        raw = client(live, key).chat.completions.with_raw_response.create(
+            model="gpt-4o-image", messages=[{"role": "user", "content": "a cat"}])
+        assert raw.parse().choices[0].finish_reason == "content_filter"
+        books = settled(live, "acme")
+        assert books["settle"] > 0 and raw.headers["x-imagegate-cost"] == f"{books['settle'] / 1e6:.6f}"
+        assert_books_balance(books)
