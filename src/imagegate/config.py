@@ -126,11 +126,11 @@ class Settings(BaseModel):
     # off (each stage; keep the orchestrator's stop timeout above twice this).
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Accounts, keys and the ledger. auto: on when database_url or admin_token is set, or the data dir already
-    # holds imagegate.db (`imagegate accounts create` makes it); off: static keys only, no database.
+    # holds imagegate.db (`imagegate accounts create` or `db upgrade` makes it); off: static keys only, no database.
     metering: Literal["auto", "on", "off"] = "auto"
     database_url: str = ""  # empty: SQLite in data_dir/imagegate.db; or postgresql+asyncpg://user@host/db
     # SQLite: how long a write waits for its turn (held by another worker, the CLI, a hung process) before the
-    # request gets 503 database_unavailable.
+    # request gets 503 database_unavailable. PostgreSQL: the longest any statement may run.
     database_write_timeout_seconds: float = Field(WRITE_TIMEOUT_S, gt=0, le=3600)
     database_pool_size: int = Field(10, ge=1, le=500)  # PostgreSQL connections per server process (x2 at a peak)
     admin_token: str = ""  # guards /admin; empty: the admin API is off

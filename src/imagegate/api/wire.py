@@ -11,7 +11,6 @@ from fastapi import Request
 from imagegate.errors import InvalidRequest
 
 
-
 def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
