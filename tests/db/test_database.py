@@ -278,7 +278,7 @@ async def main():
                              key_prefix="sk-ig-test00", account_id=account_id, metered=True, quote_micro=quote)
             hold_id, usage_id, _ = await store.place_hold(meta, key_id=key_id, idem=("acct", meta.request_id, "h"))
             await store.settle(hold_id=hold_id, usage_id=usage_id, cost_micro=cost, delivered=1, usage=Usage(),
-                               latency_ms=1, status="ok", error_code=None, idem=("acct", meta.request_id),
+                               latency_ms=1, status="ok", error_code=None, idem=("acct", meta.request_id, meta.request_id),
                                idem_result={"status": 200})
 
     try:

@@ -4,6 +4,7 @@ holds left by dead servers, keys stored hashed, and the invariants the CHECK con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -243,15 +244,11 @@ def test_after_an_outage_silent_servers_get_a_whole_stale_after_to_speak(databas
         async with store.db.write() as conn:  # the outage: the other server's heartbeats did not land either
             await conn.execute(sa.update(instances).where(instances.c.id == other.instance_id)
                                .values(heartbeat_at=time.time() - 3600))
-        real_write = store.db.run_write
-
         async def down(*args, **kw):
             raise OSError("the database is away")
 
-        store.db.run_write = down
-        with pytest.raises(OSError):
+        with _writes(store, lambda real_write: down), pytest.raises(OSError):
             await store.heartbeat()
-        store.db.run_write = real_write
         await store.heartbeat()  # back: this server beats again, the other has not had its turn yet
         assert await store.reconcile() == 0
         async with store.db.read() as conn:
@@ -265,25 +262,34 @@ def test_after_an_outage_silent_servers_get_a_whole_stale_after_to_speak(databas
     run(database_url, body, stale_after_seconds=60)
 
 
-def _slowed(store: BillingStore, seconds: float):
-    """The database stalls: every write waits ``seconds`` before it runs."""
+@contextlib.contextmanager
+def _writes(store: BillingStore, wrap):
+    """Within the block every write goes through ``wrap(real_write)``: a database that fails, stalls or loses its
+    replies."""
     real_write = store.db.run_write
+    store.db.run_write = wrap(real_write)
+    try:
+        yield
+    finally:
+        store.db.run_write = real_write
 
-    async def slow(*args, **kw):
-        await asyncio.sleep(seconds)
-        return await real_write(*args, **kw)
 
-    store.db.run_write = slow
-    return lambda: setattr(store.db, "run_write", real_write)
+def _stalled(seconds: float):
+    """The database stalls: every write waits ``seconds`` before it runs."""
+    def wrap(real_write):
+        async def slow(*args, **kw):
+            await asyncio.sleep(seconds)
+            return await real_write(*args, **kw)
+        return slow
+    return wrap
 
 
 def test_a_heartbeat_is_stamped_when_it_runs_not_before_its_wait(database_url):
     """A stamp taken before a stall would land already old: the live server would look silent to others."""
     async def body(store: BillingStore):
-        restore = _slowed(store, 0.3)
         asked = time.time()
-        await store.heartbeat()
-        restore()
+        with _writes(store, _stalled(0.3)):
+            await store.heartbeat()
         async with store.db.read() as conn:
             stamped = (await conn.execute(sa.select(instances.c.heartbeat_at)
                                           .where(instances.c.id == store.instance_id))).scalar_one()
@@ -301,9 +307,8 @@ def test_after_a_database_stall_silent_servers_get_a_whole_stale_after_to_speak(
             await conn.execute(sa.update(instances).where(instances.c.id == other.instance_id)
                                .values(heartbeat_at=time.time() - 3600))
         store._beating_since = time.time() - 3600  # beating well for long before the stall
-        restore = _slowed(store, 0.5)  # a third of stale_after and more
-        await store.heartbeat()
-        restore()
+        with _writes(store, _stalled(0.5)):  # a third of stale_after and more
+            await store.heartbeat()
         assert await store.reconcile() == 0
         async with store.db.read() as conn:
             assert (await conn.execute(sa.select(holds.c.status).where(holds.c.id == hold_id))).scalar_one() \
@@ -459,16 +464,14 @@ def test_a_hold_whose_commit_was_never_heard_of_is_given_back_and_frees_its_key(
     async def body(store: BillingStore):
         account = await store.create_account("acme", balance_micro=1_000_000)
         claim = ("acct:1", "k", "hash")
-        real_write = store.db.run_write
+        def reply_lost(real_write):
+            async def write(*args, **kw):
+                await real_write(*args, **kw)
+                raise OSError("connection reset")
+            return write
 
-        async def reply_lost(*args, **kw):
-            await real_write(*args, **kw)
-            raise OSError("connection reset")
-
-        store.db.run_write = reply_lost
-        with pytest.raises(OSError):
+        with _writes(store, reply_lost), pytest.raises(OSError):
             await store.place_hold(meta(account.id, 100, "first"), key_id=None, idem=claim)
-        store.db.run_write = real_write
         deadline = time.monotonic() + 5
         while True:  # the hold is given back in the background, a moment later
             try:
@@ -491,7 +494,7 @@ def test_a_settlements_retry_leaves_a_newer_twins_claim_alone(database_url):
         claim = ("static:x", "k", "hash")
         first = await store.open_usage(meta(None, 0, "first"), idem=claim)
         failed = dict(hold_id=None, usage_id=first, cost_micro=0, delivered=0, usage=Usage(), latency_ms=5,
-                      status="error", error_code="engine_error", idem=claim[:2], idem_result=None)
+                      status="error", error_code="engine_error", idem=(*claim[:2], "first"), idem_result=None)
         await store.settle(**failed)
         await store.open_usage(meta(None, 0, "twin"), idem=claim)  # the key is free: the twin claims it
         await store.settle(**failed)  # the retry
@@ -508,7 +511,7 @@ def test_an_expired_idempotency_record_can_be_claimed_again(database_url):
         account = await store.create_account("acme", balance_micro=1_000_000)
         claim = ("acct:1", "k", "hash")
         hold_id, usage_id, _ = await store.place_hold(meta(account.id, 100, "first"), key_id=None, idem=claim)
-        await settle(store, hold_id, usage_id, 100, idem=claim[:2], idem_result={"status": 200})
+        await settle(store, hold_id, usage_id, 100, idem=(*claim[:2], "first"), idem_result={"status": 200})
         async with store.db.write() as conn:
             await conn.execute(sa.update(idempotency).values(expires_at=time.time() - 1))
         assert await store.idempotency_record("acct:1", "k") is None  # past its time: as if never there

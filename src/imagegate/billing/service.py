@@ -218,7 +218,8 @@ class Billing:
                 await self.store.release(ticket.hold_id, reason="not_started", status="error")
             elif ticket.usage_id is not None:
                 idem = ticket.idempotency
-                await self.store.finish_unstarted(ticket.usage_id, (idem.scope, idem.key) if idem else None)
+                await self.store.finish_unstarted(ticket.usage_id,
+                                                  (idem.scope, idem.key, ticket.request_id) if idem else None)
         finally:
             self._wake(ticket)
 
@@ -263,7 +264,7 @@ class Billing:
             hold_id=ticket.hold_id, usage_id=ticket.usage_id, cost_micro=cost or 0, delivered=delivered,
             usage=priced_usage if priced_usage.total_tokens else result.usage, latency_ms=latency_ms,
             status="ok" if error is None else "error", error_code=None if failure is None else failure.code,
-            idem=(idem.scope, idem.key) if idem else None,
+            idem=(idem.scope, idem.key, ticket.request_id) if idem else None,  # the claim this request made
             idem_result=_idempotent_result(result, error, cost or 0) if idem else None,
         )
 

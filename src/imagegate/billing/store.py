@@ -206,8 +206,7 @@ _DROP_EXPIRED_CLAIM = Prebuilt(sa.delete(idempotency).where(
 ))
 # The claim a request made, not a twin's that took the key after it was let go: a settlement's retry (after a
 # COMMIT whose answer was lost) must not drop or overwrite the claim of a newer request under the same key.
-_OWN_CLAIM = _THE_CLAIM & (idempotency.c.request_id == sa.select(usage_log.c.request_id).where(
-    usage_log.c.id == sa.bindparam("usage_id")).scalar_subquery())
+_OWN_CLAIM = _THE_CLAIM & (idempotency.c.request_id == sa.bindparam("claim_request_id"))
 _DROP_CLAIM = Prebuilt(sa.delete(idempotency).where(_OWN_CLAIM))
 _STORE_RESULT = Prebuilt(sa.update(idempotency).where(_OWN_CLAIM).values(
     state="done", result=sa.bindparam("result_json"), hold_id=None
@@ -571,13 +570,15 @@ class BillingStore:
         latency_ms: int,
         status: str,
         error_code: str | None,
-        idem: tuple[str, str] | None = None,
+        idem: tuple[str, str, str] | None = None,
         idem_result: dict[str, Any] | None = None,
     ) -> tuple[int, int | None]:
         """Close the hold: charge ``cost_micro`` (never more than the hold) and release the rest; finish the usage
         row; store (or drop) the idempotent result. Returns (charged, available balance) - (cost, None) for
         unmetered requests. A hold that is no longer open charges nothing more: released by a reconciler, it
-        returns (0, None); settled already (a retry of this settlement), what that settlement charged."""
+        returns (0, None); settled already (a retry of this settlement), what that settlement charged.
+        ``idem``: the claim this request made, as (scope, key, its request id): only that claim is touched, never a
+        newer request's under the same key."""
         charged, available = await self.db.run_write(
             self._settle, hold_id, usage_id, cost_micro, delivered, usage, latency_ms, status, _error_code(error_code),
             idem, idem_result, time.time(),
@@ -587,7 +588,7 @@ class BillingStore:
 
     def _settle(
         self, conn: Connection, hold_id: str | None, usage_id: int, cost_micro: int, delivered: int, usage: Usage,
-        latency_ms: int, status: str, error_code: str | None, idem: tuple[str, str] | None,
+        latency_ms: int, status: str, error_code: str | None, idem: tuple[str, str, str] | None,
         idem_result: dict[str, Any] | None, now: float,
     ) -> tuple[int, int | None]:
         charged, available, lost = cost_micro, None, False
@@ -616,7 +617,7 @@ class BillingStore:
         ))
         # A released hold's claim was dropped with it, and the key may be someone else's claim by now.
         if idem is not None and not lost:
-            claim = {"idem_scope": idem[0], "idem_key": idem[1], "usage_id": usage_id}
+            claim = {"idem_scope": idem[0], "idem_key": idem[1], "claim_request_id": idem[2]}
             if idem_result is None:
                 _DROP_CLAIM(conn, claim)
             else:
@@ -702,15 +703,16 @@ class BillingStore:
         conn.execute(sa.delete(idempotency).where(idempotency.c.hold_id == hold_id))
         return True
 
-    async def finish_unstarted(self, usage_id: int, idem: tuple[str, str] | None) -> None:
-        """An unmetered request that never reached an engine: close its usage row and idempotency claim."""
+    async def finish_unstarted(self, usage_id: int, idem: tuple[str, str, str] | None) -> None:
+        """An unmetered request that never reached an engine: close its usage row and idempotency claim (``idem``
+        as for :meth:`settle`)."""
         await self.db.run_write(self._finish_unstarted, usage_id, idem, time.time())
 
-    def _finish_unstarted(self, conn: Connection, usage_id: int, idem: tuple[str, str] | None, now: float) -> None:
+    def _finish_unstarted(self, conn: Connection, usage_id: int, idem: tuple[str, str, str] | None, now: float) -> None:
         conn.execute(sa.update(usage_log).where(usage_log.c.id == usage_id)
                      .values(status="error", error_code="not_started", finished_at=now))
         if idem is not None:
-            _DROP_CLAIM(conn, {"idem_scope": idem[0], "idem_key": idem[1], "usage_id": usage_id})
+            _DROP_CLAIM(conn, {"idem_scope": idem[0], "idem_key": idem[1], "claim_request_id": idem[2]})
 
     # --- idempotency ----------------------------------------------------------------------------------------
 
