@@ -125,10 +125,11 @@ def create_app(
             background.append(asyncio.create_task(_repeat(
                 settings.heartbeat_interval_seconds, lambda: _follow_channels(app), "reloading channels failed",
                 first_wait=True)))
-        # Unmetered too: quotes and cost headers price by the book, and `--workers N` has N processes to follow it.
-        background.append(asyncio.create_task(_repeat(
-            settings.heartbeat_interval_seconds, lambda: _follow_prices(app), "reloading prices failed",
-            first_wait=True)))
+        if settings.price_file is not None:  # the shipped book never changes under a running server
+            # Unmetered too: quotes and cost headers price by the book, and `--workers N` has N processes to follow.
+            background.append(asyncio.create_task(_repeat(
+                settings.heartbeat_interval_seconds, lambda: _follow_prices(app), "reloading prices failed",
+                first_wait=True)))
         background.append(asyncio.create_task(_repeat(
             settings.janitor_interval_seconds, lambda: _sweep(storage), "janitor sweep failed")))
         try:

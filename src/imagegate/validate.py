@@ -238,15 +238,12 @@ def validate(
         size = model.auto_size(prompt, images[0].width / images[0].height if images else None)
     else:
         size = parse_size(size_text)
-        if size is None:
-            if model.sizes is not None:
-                raise InvalidRequest(f"Invalid size '{size_text}' for model '{model.id}': {model.supported_sizes()}.",
-                                     param="size")
+        if size is None and model.sizes is None:
             raise InvalidRequest(
                 f"Invalid size '{size_text}'. Expected WIDTHxHEIGHT, for example '1024x1024', or 'auto'.",
                 param="size",
             )
-        problem = model.size_violation(size)
+        problem = model.supported_sizes() if size is None else model.size_violation(size)
         if problem:
             raise InvalidRequest(f"Invalid size '{size_text}' for model '{model.id}': {problem}.", param="size")
 

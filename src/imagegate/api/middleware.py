@@ -58,15 +58,16 @@ class RequestIdMiddleware:
         except asyncio.CancelledError:
             # The server cut the request off: its shutdown's grace ran out. Logged with the id the client has,
             # and answered, if nothing was sent yet, in the envelope (not the server's bare 500). Not to be retried
-            # blindly: a run already under way goes on (its client is gone) and is charged, so a plain retry would
-            # pay twice; one with the same Idempotency-Key gets the result.
+            # blindly: a run already under way may still finish within the gateway's own grace and be charged, so a
+            # plain retry could pay twice; one with the same Idempotency-Key gets the result.
             log.warning("request %s (%s %s) cut off by the shutdown", request_id, scope.get("method"), scope.get("path"))
             if not started:
                 with contextlib.suppress(Exception):  # the connection may be going too
                     await send_error(scope, receive, send_with_id, ImagegateError(
-                        "The server shut down before the answer was ready. Work already under way goes on, is "
-                        "charged and its images are kept: retry with the same Idempotency-Key to get them without "
-                        "paying again.", status=503, type="server_error", code="server_shutting_down"), final=True)
+                        "The server shut down before the answer was ready. Work already under way may still "
+                        "finish, be charged and have its images kept: if the request had an Idempotency-Key, a retry "
+                        "with the same key gets them without paying again.", status=503, type="server_error",
+                        code="server_shutting_down"), final=True)
             raise
         except Exception:
             # Starlette's own 500 handler sits outside every middleware and would answer without our request id.
