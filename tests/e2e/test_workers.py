@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -122,10 +124,18 @@ def test_a_restarted_worker_serves_the_settings_the_server_started_with(tmp_path
             time.sleep(0.2)  # until the new worker has built its app (then it serves within moments)
         time.sleep(1)
         statuses = set()
+        written = _bytes_written(new)
         for _ in range(40):  # a fresh connection each time: both workers take some
             statuses.add(httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10, headers={
                 "Authorization": "Bearer sk-as-started-0123456789", "Connection": "close"}).status_code)
+        assert _bytes_written(new) > written + 1000, "the restarted worker answered none of the requests"
         assert statuses == {200}
+
+
+def _bytes_written(pid: int) -> int:
+    """What the process has written so far, sockets included (/proc/PID/io)."""
+    io = Path(f"/proc/{pid}/io").read_text()
+    return int(re.search(r"^wchar: (\d+)", io, re.M).group(1))
 
 
 def _children(pid: int, count: int, without: int | None = None) -> list[int]:
