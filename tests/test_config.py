@@ -30,29 +30,6 @@ def test_bad_config_names_the_entry(tmp_path, text, where):
         load_settings(config, environ={})
 
 
-# A file the TOML reader cannot use, as each caller (config, price file, rule files) must refuse it: one line naming
-# the file and what is wrong, never an OSError's or a decoder's traceback. tests/billing/test_prices.py and
-# tests/guard/test_guard_rules.py take the same cases.
-UNREADABLE_TOML = {
-    "missing": (lambda path: None, "not found"),
-    "directory": (lambda path: path.mkdir(), "cannot read: Is a directory"),
-    "not UTF-8": (lambda path: path.write_bytes(b'host = "caf\xe9"\n'), "not UTF-8"),
-    "invalid TOML": (lambda path: path.write_text("port = [\n"), "invalid TOML"),
-}
-
-
-@pytest.mark.parametrize("case", UNREADABLE_TOML)
-def test_an_unreadable_config_file_is_refused_in_one_line(tmp_path, case):
-    make, problem = UNREADABLE_TOML[case]
-    config = tmp_path / "c.toml"
-    make(config)
-    with pytest.raises(ConfigError) as exc:
-        load_settings(config, environ={})
-    message = str(exc.value)
-    assert message.startswith("config file") and problem in message and str(config) in message
-    assert "\n" not in message and exc.value.__cause__ is None and exc.value.__suppress_context__
-
-
 def test_an_empty_path_variable_unsets_it_and_a_misspelt_one_is_warned_about(caplog):
     settings = load_settings(None, environ={"IMAGEGATE_PRICE_FILE": "", "IMAGEGATE_API_KEY": "sk-x",
                                             "IMAGEGATE_WORKER_SETTINGS": "{}"})

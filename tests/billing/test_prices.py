@@ -15,7 +15,6 @@ from imagegate.billing import PriceBookError, load_price_book
 from imagegate.billing.money import MoneyError, parse_amount, round_micro, usd
 from imagegate.catalog import Catalog, load_catalog
 from imagegate.config import Settings
-from tests.test_config import UNREADABLE_TOML
 
 EXE = Path(sys.executable).parent / "imagegate"
 
@@ -79,19 +78,6 @@ def test_malformed_price_file_names_the_bad_entry(tmp_path, text, names):
     message = str(exc.value)
     assert names in message and "\n" not in message
     assert str(path) in message
-
-
-@pytest.mark.parametrize("case", UNREADABLE_TOML)
-def test_missing_or_unreadable_price_file_is_refused_in_one_line(tmp_path, case):
-    # Not an OSError's or a decoder's traceback (a 500 on /admin/prices/reload).
-    make, problem = UNREADABLE_TOML[case]
-    path = tmp_path / "prices.toml"
-    make(path)
-    with pytest.raises(PriceBookError) as exc:
-        load_price_book(path)
-    message = str(exc.value)
-    assert message.startswith("price file") and problem in message and str(path) in message
-    assert "\n" not in message and exc.value.__cause__ is None and exc.value.__suppress_context__
 
 
 def test_coverage_problems_name_the_gap(tmp_path):
